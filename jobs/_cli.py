@@ -1,0 +1,74 @@
+"""Shared plumbing for every job: logging, `--debug`, and turning exceptions into exit codes.
+
+Every job module `jobs/<name>.py` defines
+    build_parser(parser=None) -> argparse.ArgumentParser   # adds its arguments
+    run(args) -> int                                        # does the work, returns an exit code
+    main(argv=None) -> int                                  # = run_job(build_parser, run, argv)
+so it runs as `python -m jobs.<name>` and as `maskray <name>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from pipeline.errors import MaskrayError
+
+log = logging.getLogger("maskray")
+
+ParserBuilder = Callable[..., argparse.ArgumentParser]
+Runner = Callable[[argparse.Namespace], int]
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--debug` (tracebacks, debug logging) and `--quiet`, accepted by every subcommand."""
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
+
+
+def setup_logging(debug: bool = False, quiet: bool = False) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on usage errors already; keep its one-line message."""
+
+
+def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description=description,
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_arguments(parser)
+    return parser
+
+
+def run_job(build_parser: ParserBuilder, run: Runner, argv: list[str] | None = None) -> int:
+    """Parse `argv`, run the job, map errors to exit codes: MaskrayError -> its code, one line on
+    stderr; any other exception -> 1 with a one-line summary (traceback only with --debug)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return invoke(run, args)
+
+
+def invoke(run: Runner, args: argparse.Namespace) -> int:
+    debug = getattr(args, "debug", False)
+    setup_logging(debug, getattr(args, "quiet", False))
+    try:
+        return int(run(args) or 0)
+    except MaskrayError as exc:
+        if debug:
+            log.exception("failed")
+        print(f"maskray: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("maskray: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for a user-facing CLI
+        if debug:
+            log.exception("failed")
+        print(f"maskray: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1

@@ -1,0 +1,1 @@
+"""maskray model: torchvision Mask R-CNN construction, model bundles, training and evaluation."""

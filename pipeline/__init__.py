@@ -1,0 +1,1 @@
+"""maskray inference pipeline: tiling, box-local masks, stitching, GeoParquet output, synthetic archives."""
