@@ -1,0 +1,94 @@
+"""`maskray infer`: batch inference over an archive -> instances/ + scenes/ GeoParquet + run record.
+
+    maskray infer --model BUNDLE --input DIR_OR_GLOB_OR_LIST --output DIR [--config F] [--set k=v]
+    maskray infer --predictor labels:COCO_JSON_OR_GEOJSON_DIR --input ... --output ...
+
+Re-running the same command does no work; scenes added since are the only ones processed.
+Exit codes: 0 ok; 1 when the share of failed scenes exceeds --max-error-rate (after every
+processable scene was processed and committed); 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from jobs._cli import new_parser, run_job
+from pipeline.config import add_config_arguments, config_from_args
+from pipeline.errors import UsageError
+
+log = logging.getLogger("maskray")
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or new_parser("maskray infer", __doc__.split("\n\n")[0])
+    parser.add_argument("--model", metavar="BUNDLE", help="model bundle directory (maskray model info)")
+    parser.add_argument("--predictor", metavar="labels:PATH",
+                        help="replay labels instead of a model: labels:COCO_JSON or labels:GEOJSON_DIR")
+    parser.add_argument("--input", required=True, metavar="URI",
+                        help="directory, glob, or .txt list of GeoTIFF/COG/PNG/JPEG scenes")
+    parser.add_argument("--output", required=True, metavar="URI", help="output root")
+    parser.add_argument("--max-error-rate", type=float, default=None, metavar="R",
+                        help="fail (exit 1) only when more than this share of scenes failed "
+                             "(default: infer.max_error_rate, 0)")
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                        help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    add_config_arguments(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.infer import labels_source, model_source, run_inference
+
+    cfg = config_from_args(args)
+    max_error_rate = cfg.infer.max_error_rate if args.max_error_rate is None else args.max_error_rate
+    if bool(args.model) == bool(args.predictor):
+        raise UsageError("give exactly one of --model BUNDLE or --predictor labels:PATH")
+    if args.predictor:
+        kind, _, path = args.predictor.partition(":")
+        if kind != "labels" or not path:
+            raise UsageError(f"--predictor must be labels:PATH, got {args.predictor!r}")
+        source = labels_source(path, _input_root(args.input))
+    else:
+        source = model_source(args.model, cfg)
+    _init_ray(args.address)
+    summary = run_inference(source, args.input, args.output, cfg)
+    print(summary.line())
+    for scene_id, error_type, message in summary.errors[:20]:
+        print(f"  error {scene_id}: {error_type}: {message}")
+    if summary.error_rate > max_error_rate:
+        print(f"maskray: error: {summary.scenes_error} scene(s) failed "
+              f"({summary.error_rate:.1%} > --max-error-rate {max_error_rate:.1%})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _input_root(input_uri: str) -> str:
+    """The directory scene ids are relative to (pipeline/scenes.py): the directory itself, a
+    glob's leading non-wildcard part, or the folder of a list file or single image."""
+    path = input_uri[len("file://"):] if input_uri.startswith("file://") else input_uri
+    if set("*?[") & set(path):
+        parts = Path(path).parts
+        cut = next(i for i, part in enumerate(parts) if set("*?[") & set(part))
+        return str(Path(*parts[:cut])) if cut else "."
+    return path if os.path.isdir(path) else os.path.dirname(path) or "."
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=address or "local", include_dashboard=False, configure_logging=False,
+             log_to_driver=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(build_parser, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

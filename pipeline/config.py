@@ -1,0 +1,248 @@
+"""Configuration: defaults, then a YAML file, then `--set key=value` overrides (nanoGPT-style).
+
+The config is a tree of frozen dataclasses. Loading validates every key against that tree: an
+unknown key or a value of the wrong type is a one-line `ConfigError` naming the dotted key, e.g.
+`unknown config key 'tiling.tile_sise' (tiling has: tile_size, overlap, ...)`.
+
+Field types the loader understands: int, float (ints accepted), bool, str, tuple[int|float|str,
+...] (YAML lists), and `X | None`. Keep new fields to those so every key stays settable from the
+command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from model.config import ModelConfig
+from pipeline.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """How scenes are cut into model inputs and stitched back (DESIGN.md, Tiling and stitching).
+
+    tile_size, overlap: pixels; neighbouring tiles share `overlap` pixels.
+    merge_threshold: pieces of one class from neighbouring tiles are merged when their
+        intersection over the smaller piece, inside the shared band, exceeds this.
+    """
+
+    tile_size: int = 512
+    overlap: int = 64
+    merge_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.tile_size < 16:
+            raise ValueError("tile_size must be at least 16 pixels")
+        if not 0 <= self.overlap < self.tile_size:
+            raise ValueError("overlap must be in [0, tile_size)")
+        if not 0.0 < self.merge_threshold <= 1.0:
+            raise ValueError("merge_threshold must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Batch inference resources and policies.
+
+    batch_size: tiles per forward pass.
+    num_actors: TilePredictor actors (0 = one per GPU, or 1 on a CPU-only cluster).
+    actor_cpus: CPUs reserved per actor; fractional so that read tasks still get a CPU on small
+        machines (a pool that takes every CPU starves the readers and the job hangs).
+    shard_scenes: scenes per shard: one shard is read, predicted, stitched and committed as one
+        unit, so a kill loses at most the shards in flight.
+    max_error_rate: fraction of scenes allowed to fail before the exit code is non-zero.
+    max_pixels: scenes declaring more pixels than this are refused before any read.
+    device: "auto" (cuda when available), "cpu" or "cuda".
+    """
+
+    batch_size: int = 4
+    num_actors: int = 0
+    actor_cpus: float = 1.0
+    shard_scenes: int = 16
+    max_error_rate: float = 0.0
+    max_pixels: int = 40_000 * 40_000
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if self.num_actors < 0:
+            raise ValueError("num_actors must be >= 0")
+        if self.actor_cpus < 0:
+            raise ValueError("actor_cpus must be >= 0")
+        if self.shard_scenes < 1:
+            raise ValueError("shard_scenes must be >= 1")
+        if not 0.0 <= self.max_error_rate <= 1.0:
+            raise ValueError("max_error_rate must be in [0, 1]")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError("device must be one of auto, cpu, cuda")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved configuration; what `maskray config show` prints and every output stores."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults < YAML file at `path` < `key=value` overrides (dotted keys, YAML values)."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        tree = _read_yaml(Path(path))
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_dotted(tree, key, value)
+    return config_from_dict(tree)
+
+
+def config_from_dict(tree: dict[str, Any], cls: type = Config) -> Any:
+    """Build `cls` (a frozen dataclass) from a nested dict, validating keys and types."""
+    return _build(cls, tree, prefix="")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) that YAML / JSON can hold and `config_from_dict` reads."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def config_hash(cfg: Any) -> str:
+    """sha256 of the canonical JSON of a config (or a section); stable across runs and machines."""
+    text = json.dumps(config_to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (see `maskray config show`)")
+    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                        help="override one config key, e.g. --set tiling.tile_size=256 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(getattr(args, "config", None), getattr(args, "overrides", []) or [])
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML: keep the literal text and let type checking judge it
+    return key.strip(), value
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key {key!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, tree: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "the config"
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config key {where!r} must be a section (mapping), got {_show(tree)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(tree) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix + str(unknown[0])!r} "
+                          f"({where} has: {', '.join(names)})")
+    kwargs = {}
+    for name in names:
+        if name not in tree:
+            continue
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = _build(kind, tree[name], prefix + name + ".")
+        else:
+            kwargs[name] = _coerce(kind, tree[name], prefix + name)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid config in {where}: {exc}") from None
+
+
+def _coerce(kind: Any, value: Any, key: str) -> Any:
+    """Check `value` against the annotation `kind`; return it in the field's own type."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        errors = []
+        for option in inner:
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is tuple:
+        item_kind = typing.get_args(kind)[0]
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r} must be a list of {item_kind.__name__}, got {_show(value)}")
+        return tuple(_coerce(item_kind, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"config field {key!r} has an unsupported type {kind!r}")
+    raise ConfigError(f"config key {key!r} must be {_article(kind.__name__)}, got {_show(value)}")
+
+
+def _article(name: str) -> str:
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
+def _show(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"

@@ -1,0 +1,103 @@
+"""The Ray Data graph of batch inference: the only module that uses `ray.data`.
+
+    from_items(scenes) -> flat_map(plan_scene)        CPU tasks: read headers, list tiles
+                       -> map_batches(read_tiles)     CPU tasks: windowed reads, never a scene
+                       -> map_batches(predictor)      actor pool: one model per actor (per GPU)
+                       -> iter_rows on the driver     ShardAssembler -> on_shard(stitch+commit)
+
+Tiles stream: a shard is stitched and committed as soon as its last tile is back, while later
+shards are still being read and predicted. The pool shape never takes every CPU on a small
+machine (read tasks would starve and the job would hang, see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import ray
+
+from pipeline.config import Config
+from pipeline.shards import SceneResult, ShardAssembler
+from pipeline.tiles import plan_scene, read_tiles
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    """Which ray-free callable class runs on the tiles, and how to construct it."""
+
+    cls: type
+    kwargs: dict[str, Any]
+    bands: tuple[int, ...]
+    fill: tuple[float, ...] | None
+    uses_gpu: bool
+
+
+@dataclass
+class FlowStats:
+    tiles: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tiles_per_second(self) -> float:
+        return self.tiles / self.seconds if self.seconds > 0 else 0.0
+
+
+def actor_pool_shape(cfg: Config, uses_gpu: bool) -> tuple[int, float, float]:
+    """(actors, CPUs per actor, GPUs per actor) for the cluster Ray is connected to.
+
+    GPU clusters: one actor per GPU (`infer.num_actors` caps it). CPU-only: `num_actors`
+    (default 1) actors with `infer.actor_cpus` each, but never so many that no CPU is left for
+    the read tasks.
+    """
+    resources = ray.cluster_resources()
+    cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+    if uses_gpu and gpus > 0:
+        size = min(cfg.infer.num_actors or gpus, gpus)
+        return size, min(cfg.infer.actor_cpus, max(cpus / size - 1, 0.0)), 1.0
+    size = cfg.infer.num_actors or 1
+    per_actor = cfg.infer.actor_cpus
+    if size * per_actor > cpus - 1:  # keep one CPU for planning and reading
+        per_actor = max((cpus - 1) / size, 0.0)
+    return size, per_actor, 0.0
+
+
+def run_tiles(scenes: Sequence[tuple[str, str, int]], cfg: Config, spec: PredictorSpec,
+              on_shard: Callable[[list[SceneResult]], None]) -> FlowStats:
+    """Push every tile of `scenes` ((scene_id, uri, shard) in shard order) through the graph and
+    call `on_shard` on the driver for each completed shard. Returns tile throughput."""
+    if not scenes:
+        return FlowStats()
+    actors, actor_cpus, actor_gpus = actor_pool_shape(cfg, spec.uses_gpu)
+    log.info("actor pool: %d x (%.2f CPU, %.0f GPU); batch %d", actors, actor_cpus, actor_gpus,
+             cfg.infer.batch_size)
+    items = [{"scene_id": s, "uri": u, "shard": k} for s, u, k in scenes]
+    ds = (ray.data.from_items(items, override_num_blocks=min(len(items), 200))
+          .flat_map(plan_scene, fn_kwargs={"tile_size": cfg.tiling.tile_size,
+                                           "overlap": cfg.tiling.overlap,
+                                           "bands": spec.bands,
+                                           "max_pixels": cfg.infer.max_pixels})
+          .map_batches(read_tiles, batch_size=cfg.infer.batch_size, batch_format="numpy",
+                       fn_kwargs={"bands": spec.bands, "fill": spec.fill},
+                       # What one read task holds: the decoded batch, twice over while it is
+                       # copied out. Also keeps these remote args distinct from the actors', so
+                       # Ray Data does not fuse the reads into the actors: reads must run beside
+                       # the model, not in front of it.
+                       memory=2 * 4 * cfg.infer.batch_size * len(spec.bands) * cfg.tiling.tile_size ** 2)
+          .map_batches(spec.cls, fn_constructor_kwargs=spec.kwargs, batch_format="numpy",
+                       batch_size=cfg.infer.batch_size, num_cpus=actor_cpus,
+                       num_gpus=actor_gpus, compute=ray.data.ActorPoolStrategy(size=actors)))
+    assembler = ShardAssembler(scenes)
+    stats, start = FlowStats(), time.perf_counter()
+    for row in ds.iter_rows():
+        stats.tiles += int(row["tile_index"]) >= 0
+        for shard in assembler.add(row):
+            on_shard(shard)
+    stats.seconds = time.perf_counter() - start
+    if assembler.open_shards:
+        raise RuntimeError(f"{assembler.open_shards} shard(s) never completed")
+    return stats

@@ -1,0 +1,158 @@
+"""Tile predictors: ray-free callables that turn a batch of tiles into detections.
+
+Ray Data hands each call a batch as a dict of numpy arrays (one entry per column, first axis =
+rows). The columns a predictor reads:
+    image:  float32 (N, C, T, T) raw band values of the tile (padded past the scene edge),
+    x0, y0: int (N,) tile window origin in scene pixels,
+    width, height: int (N,) scene size in pixels,
+    skip:   bool (N,) tile holds no valid pixel (all nodata) or its scene failed to read,
+and it returns the batch without `image`, plus `detections`: an object array (N,) of lists of
+`Detection` in the SCENE frame, clipped to the scene. Both predictors below can be called
+directly on one batch in a test, and handed to `map_batches` as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from pycocotools import mask as mask_utils
+from pipeline.detection import Detection
+from pipeline.masks import encode_box_masks
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, np.ndarray]
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> cuda when a GPU is visible to this process, else cpu."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+class TilePredictor:
+    """Mask R-CNN from a model bundle, loaded once per instance (once per Ray actor).
+
+    Forward passes run in chunks of `batch_size` tiles under `torch.inference_mode`, with bf16
+    autocast on CUDA. The model is built with `paste_masks=False`: it returns (N, 1, 28, 28)
+    mask probabilities, which `encode_box_masks` turns into box-local RLEs without ever making
+    the N x T x T float masks torchvision would paste.
+    """
+
+    def __init__(self, bundle_uri: str, device: str = "auto", batch_size: int = 4,
+                 amp: bool = True) -> None:
+        from model.bundle import load_bundle  # torchvision import stays off the driver's path
+
+        self.device = resolve_device(device)
+        bundle = load_bundle(bundle_uri)
+        self.model = bundle.build_model(device=str(self.device), paste_masks=False).eval()
+        self.mask_threshold = bundle.model.mask_threshold
+        self.batch_size = batch_size
+        self.amp = amp and self.device.type == "cuda"
+        log.info("TilePredictor: model %s on %s", bundle.model_id, self.device)
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = len(batch["x0"])
+        detections = np.empty(n, dtype=object)
+        for i in range(n):
+            detections[i] = []
+        todo = np.flatnonzero(~batch["skip"].astype(bool))
+        for start in range(0, len(todo), self.batch_size):
+            rows = todo[start:start + self.batch_size]
+            for row, dets in zip(rows, self._predict(batch["image"][rows])):
+                detections[row] = place_in_scene(dets, batch, row)
+        return _without_image(batch, detections)
+
+    def _predict(self, images: np.ndarray) -> list[list[Detection]]:
+        """images: float32 (B, C, T, T) -> per image, detections in the tile frame."""
+        tensor = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                     enabled=self.amp):
+            outputs = self.model(list(tensor))
+        size = (images.shape[2], images.shape[3])
+        return [encode_box_masks(o["masks"].float().cpu(), o["boxes"].float().cpu(),
+                                 o["labels"].cpu(), o["scores"].float().cpu(), size,
+                                 self.mask_threshold) for o in outputs]
+
+
+class LabelsPredictor:
+    """Replays ground truth through the same path as a model: each tile sees only the part of
+    each labelled object inside its window. Labels come from `pipeline.labels.load_labels`."""
+
+    def __init__(self, labels_uri: str, input_root: str) -> None:
+        from pipeline.labels import load_labels
+
+        self.labels = load_labels(labels_uri, input_root)
+
+    def __call__(self, batch: Batch) -> Batch:
+        from pipeline.labels import detections_for_tile, labels_for_scene
+
+        n = len(batch["x0"])
+        detections = np.empty(n, dtype=object)
+        for i in range(n):
+            detections[i] = []
+            scene = labels_for_scene(self.labels, str(batch["scene_id"][i]))
+            if batch["skip"][i] or scene is None:
+                continue
+            tile = _tile_from_row(batch, i)
+            dets = detections_for_tile(scene, tile, _transform_from_row(batch, i),
+                                       int(batch["width"][i]), int(batch["height"][i]))
+            detections[i] = place_in_scene(dets, batch, i)
+        return _without_image(batch, detections)
+
+
+def place_in_scene(dets: list[Detection], batch: Batch, row: int) -> list[Detection]:
+    """Tile-frame detections -> scene frame, clipped to the scene (padded tiles reach past it)."""
+    dx, dy = int(batch["x0"][row]), int(batch["y0"][row])
+    width, height = int(batch["width"][row]), int(batch["height"][row])
+    placed = []
+    for det in dets:
+        det = det.shifted(dx, dy)
+        if det.x0 < 0 or det.y0 < 0 or det.x1 > width or det.y1 > height:
+            det = clip_detection(det, width, height)
+        if det is not None:
+            placed.append(det)
+    return placed
+
+
+def clip_detection(det: Detection, width: int, height: int) -> Detection | None:
+    """Crop a scene-frame detection to the scene rectangle [0, width) x [0, height); None when
+    nothing is left. Works on the box-local mask only (the box is at most a tile)."""
+    x0, y0 = max(det.x0, 0), max(det.y0, 0)
+    x1, y1 = min(det.x1, width), min(det.y1, height)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    mask = mask_utils.decode(det.rle)[y0 - det.y0:y1 - det.y0, x0 - det.x0:x1 - det.x0]
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return None
+    # Re-tighten: the part that was cut off may have held the mask's extreme pixels.
+    mask = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    rle_ = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return Detection(det.class_id, det.score, x0 + int(xs.min()), y0 + int(ys.min()),
+                     x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1, rle_)
+
+
+def _without_image(batch: Batch, detections: np.ndarray) -> Batch:
+    out = {k: v for k, v in batch.items() if k != "image"}
+    out["detections"] = detections
+    return out
+
+
+def _tile_from_row(batch: Batch, i: int) -> Any:
+    from pipeline.tiling import grid_windows
+
+    tiles = grid_windows(int(batch["width"][i]), int(batch["height"][i]),
+                         int(batch["tile_size"][i]), int(batch["overlap"][i]))
+    return tiles[int(batch["tile_index"][i])]
+
+
+def _transform_from_row(batch: Batch, i: int) -> Any:
+    from affine import Affine
+
+    return Affine(*[float(v) for v in batch["transform"][i][:6]])

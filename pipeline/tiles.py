@@ -1,0 +1,86 @@
+"""Planning and reading tiles: the two CPU stages before the predictor, as plain functions.
+
+A *tile row* is one dict per tile (Ray Data turns lists of them into blocks):
+    scene_id, uri, shard       which scene, where, and which commit unit it belongs to
+    tile_index, n_tiles        position in `grid_windows(width, height, tile_size, overlap)`
+    x0, y0                     tile window origin, scene pixels
+    width, height, bands, dtype, crs_wkt, transform (6 floats, rasterio Affine order), nodata
+    tile_size, overlap
+    error_type, error_message  "" unless the scene failed (then the row stands for the scene)
+    skip                       no pixels to predict on: all nodata, or the scene failed
+A scene that cannot be opened becomes ONE row with tile_index -1 and n_tiles 0, so the driver
+still learns its fate. `read_tiles` adds `image` (float32 (C, T, T)) and `seconds`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from pipeline.raster_io import ReadLimits, SceneError, open_raster, open_scene, read_window, require_bands
+from pipeline.tiling import grid_windows
+
+
+def plan_scene(item: dict[str, Any], tile_size: int, overlap: int, bands: tuple[int, ...],
+               max_pixels: int) -> list[dict[str, Any]]:
+    """Open a scene's header (never its pixels) and list its tiles; one error row on failure."""
+    base = {"scene_id": item["scene_id"], "uri": item["uri"], "shard": int(item["shard"]),
+            "tile_size": tile_size, "overlap": overlap}
+    try:
+        info = open_scene(item["uri"], limits=ReadLimits(max_pixels=max_pixels))
+        require_bands(info, bands)
+    except SceneError as exc:
+        return [_error_row(base, exc.error_type, exc.message)]
+    meta = {"width": info.width, "height": info.height, "bands": info.count,
+            "dtype": str(info.dtype), "crs_wkt": info.crs.to_wkt() if info.crs else "",
+            "transform": list(info.transform)[:6],
+            "nodata": float("nan") if info.nodata is None else float(info.nodata)}
+    tiles = grid_windows(info.width, info.height, tile_size, overlap)
+    return [{**base, **meta, "tile_index": i, "n_tiles": len(tiles), "x0": t.x0, "y0": t.y0,
+             "error_type": "", "error_message": "", "skip": False}
+            for i, t in enumerate(tiles)]
+
+
+def _error_row(base: dict[str, Any], error_type: str, message: str) -> dict[str, Any]:
+    return {**base, "width": 0, "height": 0, "bands": 0, "dtype": "", "crs_wkt": "",
+            "transform": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], "nodata": float("nan"),
+            "tile_index": -1, "n_tiles": 0, "x0": 0, "y0": 0,
+            "error_type": error_type, "error_message": message.splitlines()[0][:500], "skip": True}
+
+
+def read_tiles(batch: dict[str, np.ndarray], bands: tuple[int, ...],
+               fill: tuple[float, ...] | None) -> dict[str, np.ndarray]:
+    """Read each row's window (C = len(bands), T = tile_size) with a windowed read.
+
+    Pixels outside the scene or marked nodata are set to `fill` (the model's per-band mean, so
+    they look like nothing in particular after normalisation); a tile with no valid pixel is
+    marked `skip`. A read that fails mid-file (a truncated scene) marks the row as an error.
+    """
+    n = len(batch["scene_id"])
+    size = int(batch["tile_size"][0]) if n else 0
+    images = np.zeros((n, len(bands), size, size), dtype=np.float32)
+    skip = batch["skip"].astype(bool).copy()
+    error_type = batch["error_type"].astype(object).copy()
+    error_message = batch["error_message"].astype(object).copy()
+    seconds = np.zeros(n, dtype=np.float64)
+    # Open each scene once per batch: rows of one scene arrive together and in row-major order,
+    # which also lets GDAL's block cache serve PNG / JPEG rows it already decoded.
+    for uri in dict.fromkeys(str(batch["uri"][i]) for i in np.flatnonzero(~skip)):
+        rows = [i for i in np.flatnonzero(~skip) if str(batch["uri"][i]) == uri]
+        start = time.perf_counter()
+        try:
+            with open_raster(uri) as src:
+                for i in rows:
+                    x0, y0 = int(batch["x0"][i]), int(batch["y0"][i])
+                    pixels, valid = read_window(src, (x0, y0, x0 + size, y0 + size), bands)
+                    if fill is not None:
+                        pixels[:, ~valid] = np.asarray(fill, dtype=np.float32)[:, None]
+                    images[i], skip[i] = pixels, not valid.any()
+        except SceneError as exc:
+            for i in rows:
+                skip[i], error_type[i], error_message[i] = True, exc.error_type, exc.message
+        seconds[rows] = (time.perf_counter() - start) / len(rows)
+    return {**batch, "image": images, "skip": skip, "error_type": error_type,
+            "error_message": error_message, "seconds": seconds}
