@@ -73,10 +73,10 @@ def labels_source(labels_uri: str, input_root: str) -> Source:
 
 def _digest(path: Path) -> str:
     """sha256 over a labels file, or over the sorted files of a labels directory."""
+    if not path.exists():
+        raise UsageError(f"labels not found: {path}")
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    if not files or not all(p.exists() for p in files):
-        raise UsageError(f"labels not found: {path}")
     for p in files:
         h.update(p.name.encode())
         h.update(p.read_bytes())
@@ -191,5 +191,8 @@ def run_inference(source: Source, input_uri: str, output_uri: str, cfg: Config) 
                   "tiles": summary.flow.tiles}
         commit.write_run_record(fs, root, replace(record, ended_at=commit.utc_now_iso(),
                                                   status=status, counts=counts))
+        # A shard interrupted between its moves was staged whole: finish it before this run's
+        # staging is removed (a run killed outright leaves that to the next run's recovery).
+        commit.recover_shards(fs, root, source.model_id)
         commit.clean_staging(fs, root, run_ids=[run_id])
     return summary
