@@ -53,7 +53,8 @@ def model_source(bundle_uri: str, cfg: Config) -> Source:
     bundle = load_bundle(bundle_uri)
     mean, _ = bundle.model.normalization()
     spec = PredictorSpec(TilePredictor, {"bundle_uri": bundle_uri, "device": cfg.infer.device,
-                                         "batch_size": cfg.infer.batch_size},
+                                         "batch_size": cfg.infer.batch_size,
+                                         "threads": max(1, round(cfg.infer.actor_cpus))},
                          bands=tuple(bundle.model.bands), fill=tuple(mean),
                          uses_gpu=cfg.infer.device != "cpu")
     return Source(spec, bundle.model_id, tuple(bundle.model.classes), config_to_dict(bundle.model))

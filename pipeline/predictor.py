@@ -45,9 +45,13 @@ class TilePredictor:
     """
 
     def __init__(self, bundle_uri: str, device: str = "auto", batch_size: int = 4,
-                 amp: bool = True) -> None:
+                 amp: bool = True, threads: int | None = None) -> None:
         from model.bundle import load_bundle  # torchvision import stays off the driver's path
 
+        if threads:
+            # One intra-op thread per reserved CPU: more threads than the actor's share only
+            # wait on each other (and on the read tasks) on a small machine.
+            torch.set_num_threads(threads)
         self.device = resolve_device(device)
         bundle = load_bundle(bundle_uri)
         self.model = bundle.build_model(device=str(self.device), paste_masks=False).eval()
