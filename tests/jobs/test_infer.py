@@ -1,0 +1,171 @@
+"""`maskray infer` end to end on a real local Ray cluster: the labels predictor on real data,
+re-runs, incremental runs, a run killed mid-commit, and the bad-input corpus."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+from pycocotools import mask as mask_utils
+
+from jobs import infer as infer_job
+from jobs import model as model_job
+from pipeline import commit
+from pipeline.dataset import decode_full_mask, read_instances, read_scenes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from badinput import expected_error_type, write_corpus  # noqa: E402
+
+TILING = ["--set", "tiling.tile_size=256", "--set", "tiling.overlap=64"]
+
+
+def _infer(labels, inp, out, *extra) -> int:
+    return infer_job.main(["--predictor", f"labels:{labels}", "--input", str(inp),
+                           "--output", str(out), "--quiet", *TILING, *extra])
+
+
+def _rows(out) -> list[tuple]:
+    """Every instance row, run_id left out, in a stable order: what 'the same rows' means."""
+    table = read_instances(str(out)).drop_columns(["run_id"])
+    table = table.select([c for c in table.column_names if c != "model"])
+    return sorted(tuple(json.dumps(v, default=str) for v in row.values())
+                  for row in table.to_pylist())
+
+
+@pytest.fixture(scope="module")
+def isaid(shared_data, tmp_path_factory):
+    """The three iSAID scenes (PNG, no CRS) and their 306 pixel-exact vehicle masks."""
+    inp = tmp_path_factory.mktemp("isaid")
+    for name in ("P0003.png", "P0004.png", "P0005.png"):
+        shutil.copy(shared_data / "isaid" / name, inp / name)
+    return inp, shared_data / "isaid" / "isaid_sample_rle_coco.json"
+
+
+def test_labels_replay_recovers_every_isaid_instance(ray_local, isaid, tmp_path):
+    inp, labels = isaid
+    assert _infer(labels, inp, tmp_path / "out") == 0
+    coco = json.loads(labels.read_text())
+    table = read_instances(str(tmp_path / "out"))
+    assert table.num_rows == len(coco["annotations"]) == 306
+    ids = {img["id"]: img for img in coco["images"]}
+    by_scene: dict[str, list[dict]] = {}
+    for row in table.to_pylist():
+        by_scene.setdefault(row["scene_id"], []).append(row)
+    for ann in coco["annotations"]:
+        img = ids[ann["image_id"]]
+        truth = mask_utils.decode(ann["segmentation"]).astype(bool)
+        ious = [_iou(truth, decode_full_mask(r, img["height"], img["width"]))
+                for r in by_scene[img["file_name"]]
+                if _boxes_touch(r["px_bbox"], ann["bbox"])]
+        assert max(ious) >= 0.98, ann["id"]
+    # Scenes without a CRS are in pixel units; DuckDB answers without ST_ functions.
+    per_class = duckdb.sql(
+        f"select class_name, count(*) n from read_parquet('{tmp_path}/out/instances/**/*.parquet')"
+        " group by class_name order by class_name").fetchall()
+    assert dict(per_class) == {"Large_Vehicle": 231, "Small_Vehicle": 74, "storage_tank": 1}
+
+
+def test_rerun_does_no_work_and_adding_scenes_processes_only_them(ray_local, isaid, tmp_path, capsys):
+    inp, labels = isaid
+    part = tmp_path / "in"
+    part.mkdir()
+    shutil.copy(inp / "P0003.png", part / "P0003.png")
+    out = tmp_path / "out"
+    assert _infer(labels, part, out) == 0
+    first = sorted(p.name for p in out.rglob("*.parquet"))
+    assert _infer(labels, part, out) == 0
+    assert "0 scene(s) ok, 0 error, 1 already done" in capsys.readouterr().out
+    assert sorted(p.name for p in out.rglob("*.parquet")) == first
+    shutil.copy(inp / "P0005.png", part / "P0005.png")
+    assert _infer(labels, part, out) == 0
+    assert "1 scene(s) ok, 0 error, 1 already done" in capsys.readouterr().out
+    clean = tmp_path / "clean"
+    assert _infer(labels, part, clean) == 0
+    assert _rows(out) == _rows(clean)
+    records = commit.read_run_records(commit.open_root(str(out))[0], str(out))
+    assert [r["counts"]["scenes_ok"] for r in records] == [1, 0, 1]
+
+
+def test_run_killed_mid_commit_then_rerun_gives_the_rows_of_one_clean_run(ray_local, isaid, tmp_path,
+                                                                          monkeypatch):
+    inp, labels = isaid
+    out = tmp_path / "out"
+    real_move, calls = commit._move, []
+
+    def dying_move(fs, src, dst):  # the driver is interrupted between the two moves of shard 2
+        if "/scenes/" in dst:
+            calls.append(dst)
+            if len(calls) == 2:
+                raise KeyboardInterrupt("killed")
+        real_move(fs, src, dst)
+
+    monkeypatch.setattr(commit, "_move", dying_move)
+    assert _infer(labels, inp, out, "--set", "infer.shard_scenes=1") == 130
+    monkeypatch.setattr(commit, "_move", real_move)
+    # Shard 1 is committed; shard 2 was staged whole, so it was rolled forward, not lost.
+    done = set(read_scenes(str(out)).column("scene_id").to_pylist())
+    assert done == {"P0003.png", "P0004.png"}
+    assert set(read_instances(str(out)).column("scene_id").to_pylist()) == done
+    assert _infer(labels, inp, out, "--set", "infer.shard_scenes=1") == 0
+    clean = tmp_path / "clean"
+    assert _infer(labels, inp, clean, "--set", "infer.shard_scenes=1") == 0
+    assert _rows(out) == _rows(clean)
+    assert read_scenes(str(out)).num_rows == 3
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A random-weight MobileNetV3-FPN bundle sized for 128 px inputs (fast on CPU)."""
+    path = tmp_path_factory.mktemp("bundle") / "tiny"
+    assert model_job.main(["init", "--out", str(path), "--quiet", "--seed", "1",
+                           "--set", "model.backbone=mobilenet_v3_fpn",
+                           "--set", "model.classes=[building, vehicle]",
+                           "--set", "model.min_size=128", "--set", "model.max_size=128",
+                           "--set", "model.box_score_thresh=0.0",
+                           "--set", "model.rpn_pre_nms_top_n_test=100",
+                           "--set", "model.rpn_post_nms_top_n_test=50"]) == 0
+    return path
+
+
+def test_bad_inputs_become_error_rows_and_the_rest_completes(ray_local, tiny_bundle, tmp_path,
+                                                             capsys):
+    """Also: a random-weight model runs end to end through the actor pool on 2 CPUs."""
+    inp = tmp_path / "in"
+    files = write_corpus(inp)
+    out = tmp_path / "out"
+
+    def infer(dest, *extra):
+        return infer_job.main(["--model", str(tiny_bundle), "--input", str(inp), "--output",
+                               str(dest), "--quiet", "--set", "tiling.tile_size=128",
+                               "--set", "tiling.overlap=16", *extra])
+
+    assert infer(out) == 1  # any error fails the exit code (default rate 0) ...
+    scenes = {r["scene_id"]: r for r in read_scenes(str(out)).to_pylist()}
+    assert set(scenes) == {f.name for f in files}  # ... after every scene was committed
+    for name, row in scenes.items():
+        expected = expected_error_type(name)
+        assert row["status"] == ("ok" if expected is None else "error"), name
+        assert row["error_type"] == expected, name
+        if expected:
+            assert row["error_message"] and "\n" not in row["error_message"]
+    instances = read_instances(str(out))
+    assert set(instances.column("scene_id").to_pylist()) <= {"good_rgb.tif", "good_rgbn_uint16.tif"}
+    assert set(instances.column("class_name").to_pylist()) <= {"building", "vehicle"}
+    capsys.readouterr()
+    assert infer(tmp_path / "out2", "--max-error-rate", "1") == 0
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def _boxes_touch(px, bbox) -> bool:
+    x, y, w, h = bbox
+    return px["x0"] < x + w + 1 and px["x1"] > x - 1 and px["y0"] < y + h + 1 and px["y1"] > y - 1
