@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("jobs.synth", "generate a synthetic georeferenced archive (GeoTIFF + COCO + GeoJSON)"),
     "config": ("jobs.config", "show the resolved configuration (defaults < file < --set)"),
     "model": ("jobs.model", "build, inspect and verify model bundles"),
+    "infer": ("jobs.infer", "batch inference: scenes in, instances/ + scenes/ GeoParquet out"),
     "demo": ("jobs.demo", "run the end-to-end demo on a generated archive (no network)"),
 }
 

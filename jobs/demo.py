@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"[3/4] model run (random weights: a throughput check, not accuracy) exit {code}")
     print("[4/4] DuckDB: instances per class per scene (labels run)")
     print(_duckdb_summary(out / "labels-run"))
+    pictures = _overlays(archive, out / "labels-run", out / "overlays")
+    print(f"overlays (scene with its instance masks): {', '.join(pictures)}")
     print(f"demo finished in {time.perf_counter() - start:.0f} s; outputs under {out}/")
     return 0
 
@@ -106,6 +108,23 @@ def _check_replay(archive: Path, output: Path) -> str:
     produced = sum(len(v) for v in rows.values())
     return (f"{good}/{total} ground-truth instances back with mask IoU >= 0.98; "
             f"{produced} instances written; {matched_twice} matched twice")
+
+
+def _overlays(archive: Path, output: Path, dest: Path) -> list[str]:
+    """One PNG per scene: the scene (down-sampled) with the output's masks drawn on it."""
+    from pipeline.dataset import read_instances
+    from pipeline.overlay import render_overlay
+
+    dest.mkdir(parents=True, exist_ok=True)
+    by_scene: dict[str, list[dict]] = {}
+    for row in read_instances(str(output)).to_pylist():
+        by_scene.setdefault(row["scene_id"], []).append(row)
+    written = []
+    for scene_id, rows in sorted(by_scene.items()):
+        png = dest / (Path(scene_id).stem + ".png")
+        render_overlay(str(archive / scene_id), rows, str(png))
+        written.append(str(png))
+    return written
 
 
 def _duckdb_summary(output: Path) -> str:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from jobs._cli import new_parser, run_job
-from pipeline.config import add_config_arguments, config_from_args
+from pipeline.config import add_config_arguments, config_from_args, section_given
 from pipeline.errors import UsageError
 
 log = logging.getLogger("maskray")
@@ -25,7 +25,9 @@ log = logging.getLogger("maskray")
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or new_parser("maskray infer", __doc__.split("\n\n")[0])
-    parser.add_argument("--model", metavar="BUNDLE", help="model bundle directory (maskray model info)")
+    parser.add_argument("--model", metavar="BUNDLE",
+                        help="model bundle directory (see `maskray model info`); its tile size "
+                             "and overlap apply unless tiling.* is set")
     parser.add_argument("--predictor", metavar="labels:PATH",
                         help="replay labels instead of a model: labels:COCO_JSON or labels:GEOJSON_DIR")
     parser.add_argument("--input", required=True, metavar="URI",
@@ -41,7 +43,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.infer import labels_source, model_source, run_inference
+    from pipeline.infer import bundle_tiling, labels_source, model_source, run_inference
 
     cfg = config_from_args(args)
     max_error_rate = cfg.infer.max_error_rate if args.max_error_rate is None else args.max_error_rate
@@ -53,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--predictor must be labels:PATH, got {args.predictor!r}")
         source = labels_source(path, _input_root(args.input))
     else:
+        if not section_given(args, "tiling"):  # the bundle's tile policy, unless overridden
+            cfg = bundle_tiling(args.model, cfg)
         source = model_source(args.model, cfg)
     _init_ray(args.address)
     summary = run_inference(source, args.input, args.output, cfg)

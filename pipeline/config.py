@@ -121,7 +121,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def dump_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
 
 
 def config_hash(cfg: Any) -> str:
@@ -138,6 +138,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(getattr(args, "config", None), getattr(args, "overrides", []) or [])
+
+
+def section_given(args: argparse.Namespace, section: str) -> bool:
+    """Whether the user set any key of `section` (in --config or with --set), as opposed to
+    leaving it at its defaults, e.g. so a model bundle's own tile policy can apply."""
+    if any(o.split("=", 1)[0].strip().startswith(section + ".") for o in args.overrides or []):
+        return True
+    return bool(args.config) and section in _read_yaml(Path(args.config))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

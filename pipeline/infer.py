@@ -46,6 +46,15 @@ class Source:
     model_config: dict[str, Any]
 
 
+def bundle_tiling(bundle_uri: str, cfg: Config) -> Config:
+    """`cfg` with the tile size and overlap the bundle was trained for."""
+    from model.bundle import load_bundle
+
+    bundle = load_bundle(bundle_uri, verify=False)
+    return replace(cfg, tiling=replace(cfg.tiling, tile_size=bundle.tile_size,
+                                       overlap=bundle.overlap))
+
+
 def model_source(bundle_uri: str, cfg: Config) -> Source:
     from model.bundle import load_bundle
     from pipeline.predictor import TilePredictor
