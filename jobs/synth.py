@@ -8,11 +8,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from jobs._cli import new_parser, run_job
 from pipeline.errors import UsageError
+
+log = logging.getLogger("maskray.synth")
 
 EPILOG = """\
 outputs (DIR):
@@ -34,7 +37,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                                   "chip training set.")
     parser.epilog = EPILOG
     parser.formatter_class = _Formatter
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
+                        default=argparse.SUPPRESS, help="output directory")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a directory that is not empty")
     parser.add_argument("--seed", type=int, default=0, help="random seed: decides everything")
@@ -48,9 +52,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--crs", default="EPSG:32633", help="projected CRS in metres")
     parser.add_argument("--density", type=float, default=1.0,
                         help="object density multiplier (1.0: a busy town)")
-    parser.add_argument("--classes", type=_names, default=None,
-                        help="comma-separated subset of building,vehicle,ship,tree (ids 1..K "
-                             "in the order given)")
+    parser.add_argument("--classes", type=_names, default="building,vehicle,ship,tree",
+                        help="classes to generate, comma-separated; category ids are 1..K in "
+                             "the order given")
     parser.add_argument("--compress", choices=("deflate", "none"), default="deflate",
                         help="GeoTIFF compression")
     parser.add_argument("--window", type=int, default=512,
@@ -101,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = ChipsConfig(count=args.count, chip_size=args.chip_size,
                           empty_fraction=args.empty_fraction, **common)
         cfg.validate()  # before anything is written
+        log.info("options: %s", cfg)
         summary = generate_chips(out, cfg)
         print(summary.line("chips"))
     else:
@@ -108,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = SynthConfig(scenes=args.scenes, size=size, compress=args.compress,
                           window=args.window, **common)
         cfg.validate()
+        log.info("options: %s", cfg)
         summary = generate_archive(out, cfg)
         print(summary.line("scenes"))
     return 0
