@@ -157,7 +157,7 @@ def bare_forward(model, images: list[np.ndarray]):
     start = time.perf_counter()
     with torch.inference_mode():
         for batch in images:
-            outputs.append(model(list(torch.from_numpy(batch))))
+            outputs.append(model(list(torch.from_numpy(batch).float())))
     return time.perf_counter() - start, outputs
 
 
@@ -230,7 +230,7 @@ def traced_predictor_class():
 
         def _predict(self, images):
             t0 = time.perf_counter()
-            tensor = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+            tensor = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).float()
             with torch.inference_mode():
                 outputs = self.model(list(tensor))
             t1 = time.perf_counter()

@@ -262,8 +262,10 @@ def read_run_records(fs: fsspec.AbstractFileSystem, root: str) -> list[dict[str,
 
 
 def new_run_id() -> str:
-    """`YYYYmmddTHHMMSSZ-<8 hex>`: sorts by start time, unique across machines."""
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(4)
+    """`YYYYmmddTHHMMSS.mmmZ-<8 hex>`: sorts by start time (to the millisecond, so runs started
+    back to back keep their order), unique across machines."""
+    now = dt.datetime.now(dt.timezone.utc)
+    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(4)}"
 
 
 def utc_now_iso() -> str:

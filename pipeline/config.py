@@ -62,6 +62,9 @@ class InferConfig:
     max_error_rate: fraction of scenes allowed to fail before the exit code is non-zero.
     max_pixels: scenes declaring more pixels than this are refused before any read.
     device: "auto" (cuda when available), "cpu" or "cuda".
+    inflight_mib: object-store budget of the inference graph, MiB (0 = auto: four batches per
+        actor of float32 tiles, at least 64 MiB). Reads that run ahead of the model wait instead
+        of queueing a whole scene's tiles in memory: this is what keeps memory flat in scene size.
     """
 
     batch_size: int = 4
@@ -71,6 +74,7 @@ class InferConfig:
     max_error_rate: float = 0.0
     max_pixels: int = 40_000 * 40_000
     device: str = "auto"
+    inflight_mib: int = 0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -85,6 +89,8 @@ class InferConfig:
             raise ValueError("max_error_rate must be in [0, 1]")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError("device must be one of auto, cpu, cuda")
+        if self.inflight_mib < 0:
+            raise ValueError("inflight_mib must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@
 
 Tiles stream: a shard is stitched and committed as soon as its last tile is back, while later
 shards are still being read and predicted. The pool shape never takes every CPU on a small
-machine (read tasks would starve and the job would hang, see DESIGN.md).
+machine (read tasks would starve and the job would hang, see DESIGN.md). Memory is flat in scene
+size: an object-store budget and blocks of about one batch make the reads wait for the model.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from pipeline.shards import SceneResult, ShardAssembler
 from pipeline.tiles import plan_scene, read_tiles
 
 log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+MIN_INFLIGHT = 64 * MIB  # the smallest object-store budget of the graph
+READ_TASK_MEMORY = 192 * MIB  # a read task's worker besides its batch (measured ~160 MiB)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,26 @@ def actor_pool_shape(cfg: Config, uses_gpu: bool) -> tuple[int, float, float]:
     return size, per_actor, 0.0
 
 
+def inflight_budget(cfg: Config, actors: int, bands: int) -> int:
+    """Bytes of object store the graph may fill (`infer.inflight_mib`, or auto).
+
+    Auto: four batches per actor of float32 tiles (an upper bound of the tile dtype), so the
+    model always has the next batches waiting, and at least 64 MiB. Without a budget Ray Data
+    lets the reads run as far ahead as the object store allows (30% of RAM): on a 20 000 px
+    scene that is every tile of the scene, and peak memory grows with scene area.
+    """
+    if cfg.infer.inflight_mib:
+        return cfg.infer.inflight_mib * MIB
+    tile_bytes = 4 * bands * cfg.tiling.tile_size ** 2
+    return max(MIN_INFLIGHT, 4 * actors * cfg.infer.batch_size * tile_bytes)
+
+
+def batch_block_bytes(cfg: Config, bands: int) -> int:
+    """Target block size between the reads and the model: one batch of 8-bit tiles (a batch of
+    wider samples is one block of its own)."""
+    return cfg.infer.batch_size * bands * cfg.tiling.tile_size ** 2
+
+
 def run_tiles(scenes: Sequence[tuple[str, str, int]], cfg: Config, spec: PredictorSpec,
               on_shard: Callable[[list[SceneResult]], None]) -> FlowStats:
     """Push every tile of `scenes` ((scene_id, uri, shard) in shard order) through the graph and
@@ -83,14 +108,24 @@ def run_tiles(scenes: Sequence[tuple[str, str, int]], cfg: Config, spec: Predict
                                            "max_pixels": cfg.infer.max_pixels})
           .map_batches(read_tiles, batch_size=cfg.infer.batch_size, batch_format="numpy",
                        fn_kwargs={"bands": spec.bands, "fill": spec.fill},
-                       # What one read task holds: the decoded batch, twice over while it is
-                       # copied out. Also keeps these remote args distinct from the actors', so
-                       # Ray Data does not fuse the reads into the actors: reads must run beside
-                       # the model, not in front of it.
-                       memory=2 * 4 * cfg.infer.batch_size * len(spec.bands) * cfg.tiling.tile_size ** 2)
+                       # What one read task holds (measured ~160 MiB with 1024 px tiles: the
+                       # worker, GDAL's cache, the batch twice over while it is copied out).
+                       # Also keeps these remote args distinct from the actors', so Ray Data
+                       # does not fuse the reads into the actors: reads must run beside the
+                       # model, not in front of it.
+                       memory=READ_TASK_MEMORY + 8 * batch_block_bytes(cfg, len(spec.bands)))
           .map_batches(spec.cls, fn_constructor_kwargs=spec.kwargs, batch_format="numpy",
                        batch_size=cfg.infer.batch_size, num_cpus=actor_cpus,
                        num_gpus=actor_gpus, compute=ray.data.ActorPoolStrategy(size=actors)))
+    budget = inflight_budget(cfg, actors, len(spec.bands))
+    limits = ds.context.execution_options.resource_limits
+    ds.context.execution_options.resource_limits = limits.copy(object_store_memory=budget)
+    # One read task gets a whole scene's tile rows (plan_scene's output is one small block), and
+    # by default it would pack its output into 128 MiB blocks: a budget cannot hold back what a
+    # single block already holds. Blocks of about one batch let backpressure pause the reads
+    # between batches.
+    ds.context.target_max_block_size = max(MIB, batch_block_bytes(cfg, len(spec.bands)))
+    log.info("in-flight budget: %.0f MiB of object store", budget / MIB)
     assembler = ShardAssembler(scenes)
     stats, start = FlowStats(), time.perf_counter()
     for row in ds.iter_rows():

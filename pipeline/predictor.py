@@ -2,7 +2,8 @@
 
 Ray Data hands each call a batch as a dict of numpy arrays (one entry per column, first axis =
 rows). The columns a predictor reads:
-    image:  float32 (N, C, T, T) raw band values of the tile (padded past the scene edge),
+    image:  (N, C, T, T) raw band values of the tile (padded past the scene edge), uint8 /
+            uint16 / int16 / float32 as `pipeline.tiles.tile_dtype` chose,
     x0, y0: int (N,) tile window origin in scene pixels,
     width, height: int (N,) scene size in pixels,
     skip:   bool (N,) tile holds no valid pixel (all nodata) or its scene failed to read,
@@ -73,8 +74,9 @@ class TilePredictor:
         return _without_image(batch, detections)
 
     def _predict(self, images: np.ndarray) -> list[list[Detection]]:
-        """images: float32 (B, C, T, T) -> per image, detections in the tile frame."""
-        tensor = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        """images: (B, C, T, T) raw band values, any dtype -> per image, detections in the tile
+        frame. Integer tiles cross to the device as they are and become float32 there."""
+        tensor = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).float()
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                      enabled=self.amp):
             outputs = self.model(list(tensor))

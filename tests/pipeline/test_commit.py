@@ -285,4 +285,4 @@ def test_run_record_round_trip(tmp_path):
     assert only["status"] == "succeeded" and only["counts"] == {"scenes_ok": 3}
     assert only["config"] == {"tiling": {"tile_size": 512}}
     assert staged_files(tmp_path) == []
-    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", new_run_id()) and code_version()
+    assert re.fullmatch(r"\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}", new_run_id()) and code_version()

@@ -38,6 +38,7 @@ def test_int_is_accepted_for_float_but_not_bool_for_int():
     ("model.anchor_sizes=[32, x]", r"'model.anchor_sizes\[1\]' must be an int"),
     ("tiling=3", r"'tiling' must be a section"),
     ("tiling.overlap=600", r"invalid config in tiling: overlap must be in \[0, tile_size\)"),
+    ("infer.inflight_mib=-1", r"invalid config in infer: inflight_mib must be >= 0"),
     ("novalue", r"--set expects KEY=VALUE"),
 ])
 def test_errors_name_the_key(override, message):
