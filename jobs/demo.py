@@ -2,7 +2,8 @@
 
     1. synth   a georeferenced archive (GeoTIFF scenes, COCO + GeoJSON ground truth)
     2. infer   --predictor labels: the ground truth replayed through tiling -> stitching ->
-               GeoParquet, then checked: every object back exactly once, mask IoU >= 0.98
+               GeoParquet, then checked: every object back exactly once, mask IoU >= 0.98,
+               and `maskray evaluate` against the GeoJSON footprints
     3. infer   --model: a random-weight Mask R-CNN bundle through the actor pool (until the
                training issue lands this shows the model path and its throughput, not accuracy)
     4. DuckDB  instances per class per scene, straight from the Parquet files
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if code:
         return code
     print(f"[2/4] labels replay check: {_check_replay(archive, out / 'labels-run')}")
+    print(f"      evaluate against the GeoJSON footprints: {_evaluate(archive, out / 'labels-run')}")
     if not args.skip_model:
         bundle = out / "random-resnet18"
         if not bundle.exists():
@@ -72,6 +74,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"overlays (scene with its instance masks): {', '.join(pictures)}")
     print(f"demo finished in {time.perf_counter() - start:.0f} s; outputs under {out}/")
     return 0
+
+
+def _evaluate(archive: Path, output: Path) -> str:
+    """`maskray evaluate` of an output against the archive's GeoJSON ground truth (mask AP)."""
+    from model.evaluate import evaluate_output
+
+    result = evaluate_output(str(output), archive / "labels", "segm")
+    m = result.metrics
+    return (f"mask AP {m['AP']:.3f}, AP50 {m['AP50']:.3f}, AP75 {m['AP75']:.3f} over "
+            f"{result.images} scenes (`maskray evaluate --pred {output} --gt {archive / 'labels'}`)")
 
 
 def _check_replay(archive: Path, output: Path) -> str:
