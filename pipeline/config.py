@@ -94,12 +94,61 @@ class InferConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """Training with Ray Train (`maskray train`).
+
+    data: COCO JSON of the training images (polygon or RLE masks).
+    data_root: folder the JSON's file names are relative to ("" = the JSON's own folder).
+    out: run directory: Ray Train checkpoints, metrics.jsonl, and the exported bundle/.
+    epochs; batch_size: images per worker per step (the global batch is batch_size x workers).
+    base_lr: learning rate per 16 images (torchvision's detection reference: 0.02); the run uses
+        base_lr x global batch / 16, after a linear warm-up of warmup_steps from 0.001 x that.
+    schedule: "cosine" (to 0 at the last step) or "step" (x 0.1 at 2/3 and 8/9 of the epochs).
+    momentum, weight_decay: SGD. clip_norm: gradient-norm clip (0 = off). amp: on GPU only.
+    augment: random flips and 90-degree rotations (overhead imagery has no up).
+    num_workers, use_gpu: Ray Train ScalingConfig (DDP: nccl on GPUs, gloo on CPU).
+    keep_checkpoints, max_failures: Ray Train CheckpointConfig / FailureConfig.
+    seed: torch / numpy seed (each worker adds its rank).
+    """
+
+    data: str = ""
+    data_root: str = ""
+    out: str = "train-out"
+    epochs: int = 12
+    batch_size: int = 2
+    base_lr: float = 0.02
+    warmup_steps: int = 50
+    schedule: str = "cosine"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    clip_norm: float = 10.0
+    amp: bool = True
+    augment: bool = True
+    num_workers: int = 2
+    use_gpu: bool = False
+    keep_checkpoints: int = 2
+    max_failures: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.num_workers < 1:
+            raise ValueError("epochs, batch_size and num_workers must be >= 1")
+        if self.base_lr <= 0 or self.warmup_steps < 0 or self.clip_norm < 0:
+            raise ValueError("base_lr must be > 0, warmup_steps and clip_norm >= 0")
+        if self.schedule not in ("cosine", "step"):
+            raise ValueError("schedule must be cosine or step")
+        if self.keep_checkpoints < 1 or self.max_failures < 0:
+            raise ValueError("keep_checkpoints must be >= 1 and max_failures >= 0")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole resolved configuration; what `maskray config show` prints and every output stores."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     tiling: TilingConfig = field(default_factory=TilingConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -1,0 +1,126 @@
+"""`maskray train`: two Ray Train workers on CPU (DDP over gloo) on tiny synthetic chips; the
+bundle it exports is what `maskray infer --model` runs. Plus the ray-free pieces."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from jobs import infer as infer_job
+from jobs import synth as synth_job
+from jobs import train as train_job
+from model.bundle import load_bundle
+from model.chips import CocoChips, boxes_of, decode_segmentation
+from model.train import LOSS_NAMES, lr_factor, scaled_lr
+from pipeline.config import TrainConfig
+from pipeline.dataset import read_instances, read_scenes
+
+CLASSES = "model.classes=[building,vehicle,ship,tree]"
+SMALL_MODEL = ["--set", "model.backbone=resnet18_fpn", "--set", CLASSES,
+               "--set", "model.min_size=128", "--set", "model.max_size=128",
+               "--set", "model.box_batch_size_per_image=64", "--set", "model.rpn_batch_size_per_image=64"]
+
+
+@pytest.fixture(scope="module")
+def chips(tmp_path_factory):
+    out = tmp_path_factory.mktemp("chips") / "chips"
+    assert synth_job.main(["--out", str(out), "--chips", "--count", "8", "--chip-size", "128",
+                           "--seed", "1", "--quiet"]) == 0
+    return out
+
+
+def test_two_cpu_workers_train_and_the_bundle_runs_in_infer(ray_local, chips, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_job.main(["--set", f"train.data={chips / 'annotations.json'}",
+                           "--set", f"train.out={run}", "--set", "train.epochs=2",
+                           "--set", "train.batch_size=2", "--set", "train.num_workers=2",
+                           "--set", "train.warmup_steps=2", "--set", "tiling.tile_size=128",
+                           "--set", "tiling.overlap=32", *SMALL_MODEL]) == 0
+    assert "maskray train: 2 epoch(s) on 2 worker(s)" in capsys.readouterr().out
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    for m in lines:
+        assert set(LOSS_NAMES) | {"loss"} <= m.keys()
+        assert math.isfinite(m["loss"]) and m["loss"] == pytest.approx(
+            sum(m[k] for k in LOSS_NAMES), rel=1e-6)
+        assert m["steps"] == 4  # 8 chips / (2 workers x batch 2) = 2 steps a worker
+    bundle = load_bundle(run / "bundle")
+    assert bundle.model.classes == ("building", "vehicle", "ship", "tree")
+    # the bundle remembers how it was trained
+    meta = json.loads((run / "bundle" / "bundle.json").read_text())
+    assert json.dumps(meta).count('"epochs": 2') >= 1
+
+    scene = tmp_path / "scene"
+    assert synth_job.main(["--out", str(scene), "--scenes", "1", "--size", "300", "--seed", "2",
+                           "--quiet"]) == 0
+    out = tmp_path / "out"
+    assert infer_job.main(["--model", str(run / "bundle"), "--input", str(scene),
+                           "--output", str(out), "--quiet"]) == 0
+    scenes = read_scenes(str(out))
+    assert scenes.column("status").to_pylist() == ["ok"]
+    assert read_instances(str(out)).schema.field("mask_rle") is not None
+
+
+def test_missing_data_is_a_usage_error(tmp_path, capsys):
+    assert train_job.main(["--set", f"train.out={tmp_path}"]) == 2
+    assert "train.data is not set" in capsys.readouterr().err
+    assert train_job.main(["--set", f"train.data={tmp_path / 'no.json'}"]) == 2
+    assert "training labels not found" in capsys.readouterr().err
+
+
+def test_chip_targets_are_the_coco_masks(chips):
+    data = json.loads((chips / "annotations.json").read_text())
+    ds = CocoChips(chips / "annotations.json", ("building", "vehicle", "ship", "tree"), (1, 2, 3))
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    classes = ("building", "vehicle", "ship", "tree")
+    for i, img in enumerate(ds.images):
+        image, target = ds[i]
+        assert image.shape == (3, img["height"], img["width"]) and image.dtype == torch.float32
+        anns = [a for a in data["annotations"] if a["image_id"] == img["id"]]
+        assert len(target["labels"]) == len(anns)
+        for k, ann in enumerate(anns):
+            m = decode_segmentation(ann["segmentation"], img["height"], img["width"])
+            assert np.array_equal(target["masks"][k].numpy(), m)
+            assert target["labels"][k] == classes.index(names[ann["category_id"]]) + 1
+        assert np.array_equal(target["boxes"].numpy(), boxes_of(target["masks"].numpy()))
+
+
+def test_augmentation_moves_image_and_masks_together(chips):
+    plain = CocoChips(chips / "annotations.json", ("building", "vehicle", "ship", "tree"), (1, 2, 3))
+    aug = CocoChips(chips / "annotations.json", ("building", "vehicle", "ship", "tree"), (1, 2, 3),
+                    augment=True, seed=3)
+    i = next(i for i in range(len(plain)) if len(plain[i][1]["labels"]))
+    image, target = plain[i]
+    seen = set()
+    for _ in range(12):
+        a_image, a_target = aug[i]
+        # the transform that maps the image also maps every mask: find it from the image
+        matches = [(k, flip) for k in range(4) for flip in (False, True)
+                   if torch.equal(_apply(image, k, flip), a_image)]
+        assert matches, "augmented image is not a flip / rotation of the original"
+        k, flip = matches[0]
+        assert torch.equal(_apply(target["masks"], k, flip), a_target["masks"])
+        assert torch.equal(a_target["labels"], target["labels"])
+        seen.add((k, flip))
+    assert len(seen) > 1
+
+
+def _apply(t: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    t = torch.flip(t, dims=(-1,)) if flip else t
+    return torch.rot90(t, k, dims=(-2, -1))
+
+
+def test_learning_rate_recipe():
+    cfg = TrainConfig(base_lr=0.02, batch_size=4, warmup_steps=10)
+    assert scaled_lr(cfg, workers=4) == pytest.approx(0.02)  # 16 images a step
+    assert scaled_lr(cfg, workers=2) == pytest.approx(0.01)
+    assert lr_factor(0, 100, cfg) == pytest.approx(0.001)
+    assert lr_factor(10, 100, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, 100, cfg) == pytest.approx(0.5)  # half way down the cosine
+    assert lr_factor(100, 100, cfg) == pytest.approx(0.0, abs=1e-12)
+    step = TrainConfig(warmup_steps=0, schedule="step")
+    assert [lr_factor(s, 90, step) for s in (0, 59, 60, 80)] == pytest.approx([1, 1, 0.1, 0.01])
