@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -26,6 +27,23 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """`--debug` (tracebacks, debug logging) and `--quiet`, accepted by every subcommand."""
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--address`: the Ray cluster a job connects to."""
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                        help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+
+
+def init_ray(address: str | None, log_to_driver: bool = False) -> None:
+    """Connect to `address`, or start a local cluster; no-op when Ray is already initialised
+    (tests share one cluster). `log_to_driver`: show the workers' prints (training progress)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=address or "local", include_dashboard=False, configure_logging=False,
+             log_to_driver=log_to_driver)
 
 
 def setup_logging(debug: bool = False, quiet: bool = False) -> None:

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from jobs._cli import new_parser, run_job
+from jobs._cli import add_ray_arguments, init_ray, new_parser, run_job
 from pipeline.config import add_config_arguments, config_from_args, section_given
 from pipeline.errors import UsageError
 
@@ -36,8 +36,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--max-error-rate", type=float, default=None, metavar="R",
                         help="fail (exit 1) only when more than this share of scenes failed "
                              "(default: infer.max_error_rate, 0)")
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                        help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    add_ray_arguments(parser)
     add_config_arguments(parser)
     return parser
 
@@ -58,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         if not section_given(args, "tiling"):  # the bundle's tile policy, unless overridden
             cfg = bundle_tiling(args.model, cfg)
         source = model_source(args.model, cfg)
-    _init_ray(args.address)
+    init_ray(args.address)
     summary = run_inference(source, args.input, args.output, cfg)
     print(summary.line())
     for scene_id, error_type, message in summary.errors[:20]:
@@ -79,15 +78,6 @@ def _input_root(input_uri: str) -> str:
         cut = next(i for i, part in enumerate(parts) if set("*?[") & set(part))
         return str(Path(*parts[:cut])) if cut else "."
     return path if os.path.isdir(path) else os.path.dirname(path) or "."
-
-
-def _init_ray(address: str | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    ray.init(address=address or "local", include_dashboard=False, configure_logging=False,
-             log_to_driver=False)
 
 
 def main(argv: list[str] | None = None) -> int:

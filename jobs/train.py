@@ -17,14 +17,13 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from jobs._cli import new_parser, run_job
+from jobs._cli import add_ray_arguments, init_ray, new_parser, run_job
 from pipeline.config import add_config_arguments, config_from_args
 from pipeline.errors import UsageError
 
@@ -35,8 +34,7 @@ STATE_FILE = "state.pt"
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or new_parser("maskray train", __doc__.split("\n\n")[0])
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                        help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    add_ray_arguments(parser)
     add_config_arguments(parser)
     return parser
 
@@ -55,9 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"training labels not found: {cfg.train.data}")
     out = Path(cfg.train.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if not ray.is_initialized():
-        ray.init(address=args.address or "local", include_dashboard=False,
-                 configure_logging=False, log_to_driver=True)
+    init_ray(args.address, log_to_driver=True)
     cpus = float(ray.cluster_resources().get("CPU", 1))
     per_worker = max(1.0, math.floor(cpus / cfg.train.num_workers)) if not cfg.train.use_gpu else 1.0
     trainer = TorchTrainer(
