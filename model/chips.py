@@ -22,6 +22,8 @@ import torch
 from pycocotools import mask as mask_utils
 
 from pipeline.errors import MaskrayError
+from pipeline.labels import coco_rle
+from pipeline.rle import tight_bounds
 
 
 class CocoChips(torch.utils.data.Dataset):
@@ -114,25 +116,12 @@ def read_image(path: Path, bands: Sequence[int]) -> np.ndarray:
 
 def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
     """A COCO segmentation (polygons, uncompressed or compressed RLE) -> (H, W) uint8 mask."""
-    if isinstance(seg, list):
-        if seg and not isinstance(seg[0], list):
-            seg = [seg]  # one polygon written as a flat list of numbers
-        polygons = [p for p in seg if len(p) >= 6]
-        if not polygons:
-            return np.zeros((height, width), np.uint8)
-        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-    elif isinstance(seg.get("counts"), list):
-        rle = mask_utils.frPyObjects(seg, height, width)
-    else:
-        counts = seg["counts"]
-        rle = {"size": seg["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
+    rle = coco_rle(seg, height, width)
+    if rle is None:
+        return np.zeros((height, width), np.uint8)
     return mask_utils.decode(rle).astype(np.uint8)
 
 
 def boxes_of(masks: np.ndarray) -> np.ndarray:
-    """(N, H, W) masks -> (N, 4) float32 tight xyxy boxes (half-open: x1 = last column + 1)."""
-    out = np.zeros((len(masks), 4), np.float32)
-    for i, m in enumerate(masks):
-        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-        out[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
-    return out
+    """(N, H, W) non-empty masks -> (N, 4) float32 tight xyxy boxes (half-open)."""
+    return np.array([tight_bounds(m) for m in masks], np.float32).reshape(-1, 4)

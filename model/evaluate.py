@@ -23,15 +23,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_TYPES = ("segm", "bbox")
@@ -156,6 +153,8 @@ def _with_defaults(gt: Mapping[str, Any]) -> dict[str, Any]:
     """pycocotools needs `iscrowd` and `area` on every annotation; fill what a file left out."""
     from pycocotools import mask as mask_utils
 
+    from pipeline.labels import coco_rle
+
     images = {img["id"]: img for img in gt["images"]}
     annotations = []
     for ann in gt["annotations"]:
@@ -166,10 +165,13 @@ def _with_defaults(gt: Mapping[str, Any]) -> dict[str, Any]:
             ann["segmentation"] = [seg]  # solaris writes one polygon as a flat list of numbers
         if "area" not in ann or "bbox" not in ann:
             img = images[ann["image_id"]]
-            rles = mask_utils.frPyObjects(ann["segmentation"], img["height"], img["width"])
-            full = mask_utils.merge(rles) if isinstance(rles, list) else rles
-            ann.setdefault("area", float(mask_utils.area(full)))
-            ann.setdefault("bbox", [float(v) for v in mask_utils.toBbox(full)])
+            full = coco_rle(seg, img["height"], img["width"])
+            if full is None:
+                ann.setdefault("area", 0.0)
+                ann.setdefault("bbox", [0.0, 0.0, 0.0, 0.0])
+            else:
+                ann.setdefault("area", float(mask_utils.area(full)))
+                ann.setdefault("bbox", [float(v) for v in mask_utils.toBbox(full)])
         annotations.append(ann)
     return {**gt, "annotations": annotations, "categories": list(gt.get("categories", []))}
 

@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import rasterio.features
@@ -232,26 +232,33 @@ def _coco_class_names(categories: list[dict], annotations: list[dict]) -> tuple[
 
 def _coco_object(ann: dict, height: int, width: int) -> LabelObject | None:
     """A COCO annotation -> LabelObject with a box-local RLE (None when its mask is empty)."""
-    seg = ann.get("segmentation")
-    if not seg:
+    full = coco_rle(ann.get("segmentation"), height, width)
+    if full is None:
         return None  # a box-only annotation has no mask to replay
-    if isinstance(seg, list):
-        if seg and not isinstance(seg[0], list):
-            seg = [seg]  # solaris writes one polygon as a flat list of numbers
-        polygons = [p for p in seg if len(p) >= 6]
-        if not polygons:
-            return None
-        full = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-    elif isinstance(seg.get("counts"), list):
-        full = mask_utils.frPyObjects(seg, *seg["size"])
-    else:
-        full = {"size": list(seg["size"]), "counts": _as_bytes(seg["counts"])}
     x, y, w, h = (int(v) for v in mask_utils.toBbox(full))
     if w == 0 or h == 0:
         return None
     box = (x, y, x + w, y + h)
     return LabelObject(int(ann["category_id"]), float(ann.get("score", 1.0)), box=box,
                        rle=crop_rle(full, box))
+
+
+def coco_rle(seg: Any, height: int, width: int) -> dict | None:
+    """A COCO `segmentation` (polygons, uncompressed or compressed RLE) as one full-image
+    compressed RLE {"size": [height, width], "counts": bytes}; None when it has no mask (empty,
+    or no polygon with 3 points). Also takes solaris' one polygon as a flat list of numbers."""
+    if not seg:
+        return None
+    if isinstance(seg, list):
+        if not isinstance(seg[0], list):
+            seg = [seg]
+        polygons = [p for p in seg if len(p) >= 6]
+        if not polygons:
+            return None
+        return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    if isinstance(seg.get("counts"), list):
+        return mask_utils.frPyObjects(seg, *seg["size"])
+    return {"size": list(seg["size"]), "counts": _as_bytes(seg["counts"])}
 
 
 def _as_bytes(counts: str | bytes) -> bytes:
