@@ -1,4 +1,4 @@
-"""Training images with instance targets, from a COCO JSON (polygon or RLE masks).
+"""Training images with instance targets, from a COCO JSON (polygon or RLE masks) or VIA JSON.
 
 `CocoChips[i]` -> (image, target), what torchvision's `MaskRCNN(images, targets)` takes:
     image:  float32 (C, H, W) raw band values (C = len(bands); the model normalises them itself)
@@ -7,8 +7,9 @@
 An image with no objects gives N = 0 (torchvision trains on it as a negative). Annotations of a
 category the model does not have are left out; an annotation with an empty mask too.
 
-Augmentation for overhead imagery (no "up"): random horizontal and vertical flips and 90-degree
-rotations, applied to the image and its masks together, boxes recomputed from the masks.
+Augmentation (`model.augment`) is applied to the image and its masks together, boxes recomputed
+from the masks. The random draws of an image depend only on (seed, epoch, index): a resumed run
+sees the same augmentations.
 """
 
 from __future__ import annotations
@@ -21,27 +22,37 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from model.augment import augment
+from model.via import is_via, via_files, via_to_coco
 from pipeline.errors import MaskrayError
 from pipeline.labels import coco_rle
 from pipeline.rle import tight_bounds
 
 
 class CocoChips(torch.utils.data.Dataset):
-    """Images listed in a COCO JSON, read whole (chips, not scenes) with rasterio."""
+    """Images listed in a COCO or VIA JSON (`model.via`), read whole (chips, not scenes)."""
 
     def __init__(self, coco_json: str | Path, classes: Sequence[str], bands: Sequence[int],
-                 root: str | Path | None = None, augment: bool = False, seed: int = 0) -> None:
+                 root: str | Path | None = None, augment: bool = False, seed: int = 0,
+                 scale_jitter: float = 0.0, photometric: float = 0.0,
+                 subset: Sequence[int] | None = None) -> None:
+        """subset: positions in the image list sorted by id to keep (a train / val split);
+        None keeps every image."""
         path = Path(coco_json)
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise MaskrayError(f"cannot read training labels {path}: {exc}") from exc
+        self.root = Path(root) if root else path.parent
+        if is_via(data):  # a region with no class attribute gets a one-class model's class
+            default = classes[0] if len(classes) == 1 else None
+            data = via_to_coco(data, self.root, default_class=default)
         if not isinstance(data, dict) or not {"images", "annotations"} <= data.keys():
             raise MaskrayError(f"{path}: not a COCO dataset (needs 'images' and 'annotations')")
-        self.root = Path(root) if root else path.parent
         self.bands = tuple(bands)
         self.augment = augment
-        self.rng = np.random.default_rng(seed)
+        self.seed, self.epoch = seed, 0
+        self.scale_jitter, self.photometric = scale_jitter, photometric
         model_id = {name: i + 1 for i, name in enumerate(classes)}
         label_of = {int(c["id"]): model_id[c["name"]] for c in data.get("categories", [])
                     if c.get("name") in model_id}
@@ -49,12 +60,24 @@ class CocoChips(torch.utils.data.Dataset):
             names = sorted({c.get("name") for c in data.get("categories", [])})
             raise MaskrayError(f"{path}: no category ({', '.join(map(str, names))}) is a model "
                                f"class ({', '.join(classes)})")
+        self.category_of = {label: cat for cat, label in label_of.items()}  # model id -> COCO id
         self.images = sorted(data["images"], key=lambda img: img["id"])
+        if subset is not None:
+            self.images = [self.images[i] for i in subset]
         self.annotations: dict[Any, list[tuple[int, Any]]] = {img["id"]: [] for img in self.images}
         for ann in data["annotations"]:
             label = label_of.get(int(ann["category_id"]))
             if label is not None and ann.get("segmentation") and ann["image_id"] in self.annotations:
                 self.annotations[ann["image_id"]].append((label, ann["segmentation"]))
+        # Ground truth of these images for COCOeval (validation): the model's classes only.
+        self.gt = {"images": self.images,
+                   "annotations": [a for a in data["annotations"] if a["image_id"] in
+                                   self.annotations and int(a["category_id"]) in label_of],
+                   "categories": [c for c in data.get("categories", []) if int(c["id"]) in label_of]}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new augmentations (call once per epoch, like DistributedSampler.set_epoch)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.images)
@@ -71,23 +94,16 @@ class CocoChips(torch.utils.data.Dataset):
                 masks.append(m)
         mask_array = np.stack(masks) if masks else np.zeros((0, height, width), np.uint8)
         if self.augment:
-            image, mask_array = self._augment(image, mask_array)
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            image, mask_array = augment(image, mask_array, rng, self.scale_jitter,
+                                        self.photometric)
+            keep = mask_array.any(axis=(1, 2))
+            mask_array, labels = mask_array[keep], [l for l, k in zip(labels, keep) if k]
         return torch.from_numpy(np.ascontiguousarray(image)), {
             "boxes": torch.from_numpy(boxes_of(mask_array)),
             "labels": torch.tensor(labels, dtype=torch.int64),
             "masks": torch.from_numpy(np.ascontiguousarray(mask_array)),
         }
-
-    def _augment(self, image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.rng.random() < 0.5:
-            image, masks = image[:, :, ::-1], masks[:, :, ::-1]
-        if self.rng.random() < 0.5:
-            image, masks = image[:, ::-1, :], masks[:, ::-1, :]
-        k = int(self.rng.integers(4))
-        if k and image.shape[1] == image.shape[2]:  # square chips keep their size when rotated
-            image, masks = np.rot90(image, k, axes=(1, 2)), np.rot90(masks, k, axes=(1, 2))
-        return image, masks
-
 
 def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
     """DataLoader collate for detection: lists, not stacked tensors (images differ in size)."""
@@ -125,3 +141,45 @@ def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
 def boxes_of(masks: np.ndarray) -> np.ndarray:
     """(N, H, W) non-empty masks -> (N, 4) float32 tight xyxy boxes (half-open)."""
     return np.array([tight_bounds(m) for m in masks], np.float32).reshape(-1, 4)
+
+
+def count_images(coco_json: str | Path) -> int:
+    """Number of images a COCO or VIA JSON lists (what `subset` positions index)."""
+    try:
+        data = json.loads(Path(coco_json).read_text())
+        return len(via_files(data)) if is_via(data) else len(data["images"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MaskrayError(f"cannot read training labels {coco_json}: {exc}") from exc
+
+
+def split_indices(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) positions 0..count-1: a seeded random `fraction` (at least one image
+    when fraction > 0 and count > 1) validates, the rest trains; both sorted."""
+    if fraction <= 0 or count < 2:
+        return list(range(count)), []
+    n_val = min(count - 1, max(1, round(count * fraction)))
+    order = np.random.default_rng(seed).permutation(count)
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def band_statistics(chips: torch.utils.data.Dataset, max_images: int = 64
+                    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-band mean and standard deviation of the raw pixel values of up to `max_images`
+    images spread over a training set (CocoChips or any dataset of the same (image, target)
+    items, built without augmentation): the model's image_mean / image_std. A constant band
+    gets std 1."""
+    if len(chips) == 0:
+        raise MaskrayError("no training images to measure band statistics on")
+    picks = np.unique(np.linspace(0, len(chips) - 1, min(max_images, len(chips))).round())
+    sums = sq = None
+    pixels = 0
+    for i in picks.astype(int):
+        image = chips[int(i)][0].numpy().astype(np.float64)
+        flat = image.reshape(image.shape[0], -1)
+        sums = flat.sum(1) if sums is None else sums + flat.sum(1)
+        sq = (flat ** 2).sum(1) if sq is None else sq + (flat ** 2).sum(1)
+        pixels += flat.shape[1]
+    mean = sums / pixels
+    std = np.sqrt(np.maximum(sq / pixels - mean ** 2, 0))
+    std[std < 1e-6] = 1.0
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
