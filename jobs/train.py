@@ -3,12 +3,19 @@
     maskray train --config train.yaml [--set train.epochs=20 --set train.num_workers=4 ...]
     maskray train --set train.data=chips/annotations.json --set model.backbone=resnet18_fpn \\
                   --set "model.classes=[building,vehicle,ship,tree]" --set train.out=runs/r18
+    maskray train --resume runs/r18 [--set train.epochs=24]      # continue a stopped run
 
-Data: a COCO JSON (train.data) of chips, e.g. from `maskray synth --chips`. Each worker reads its
-shard of the images (DistributedSampler) with a DataLoader. Every epoch rank 0 writes a checkpoint
-(model, optimiser, schedule, AMP scaler, epoch, RNG) through Ray Train and appends the epoch's
-losses, averaged over workers, to OUT/metrics.jsonl. At the end the last checkpoint becomes the
-model bundle OUT/bundle, which `maskray infer --model OUT/bundle` reads.
+Data (train.data): a COCO or VIA JSON of chips, e.g. from `maskray synth --chips`, or a directory
+of GeoTIFF scenes with GeoJSON footprints, cut into chips on the fly. Each worker reads its
+shard of the images (DistributedSampler) with a DataLoader. After every epoch each worker
+evaluates its share of the validation images (train.val_data, or train.val_fraction held out of
+train.data); rank 0 gathers the detections and computes COCO mask and box AP. Rank 0 then writes a
+checkpoint (model, optimiser, schedule, AMP scaler, epoch, RNG, metrics so far) through Ray Train
+and the epoch's metrics to OUT/metrics.jsonl. Ray Train keeps train.keep_checkpoints of them,
+ranked by segm_AP when there is validation. At the end the best checkpoint (the last without
+validation) becomes the model bundle OUT/bundle, with its metrics, which
+`maskray infer --model OUT/bundle` reads. A worker that dies is replaced and the run goes on from
+the last checkpoint (train.max_failures); a stopped run continues with --resume OUT.
 """
 
 from __future__ import annotations
@@ -30,12 +37,17 @@ from pipeline.errors import UsageError
 log = logging.getLogger("maskray.train")
 
 STATE_FILE = "state.pt"
+CONFIG_FILE = "config.yaml"  # the run's resolved config, what --resume starts from
+RUN_NAME = "maskray-train"  # Ray Train run name under OUT/ray: the same name resumes
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or new_parser("maskray train", __doc__.split("\n\n")[0])
     add_ray_arguments(parser)
     add_config_arguments(parser)
+    parser.add_argument("--resume", metavar="RUN",
+                        help="continue the run in directory RUN (its train.out) from its last "
+                             "checkpoint, with its saved config; --set may change e.g. train.epochs")
     return parser
 
 
@@ -44,41 +56,106 @@ def run(args: argparse.Namespace) -> int:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.config import config_to_dict
+    from pipeline.config import config_to_dict, dump_yaml
 
-    cfg = config_from_args(args)
-    if not cfg.train.data:
-        raise UsageError("train.data is not set: --set train.data=PATH/annotations.json")
-    if not Path(cfg.train.data).is_file():
-        raise UsageError(f"training labels not found: {cfg.train.data}")
-    out = Path(cfg.train.out).resolve()
+    cfg, out = _resolve_run(args)
     out.mkdir(parents=True, exist_ok=True)
+    split = _split(cfg)
+    if cfg.model.image_mean is None:
+        cfg = _with_band_statistics(cfg, split["train"])
+    (out / CONFIG_FILE).write_text(dump_yaml(cfg))
     init_ray(args.address, log_to_driver=True)
     cpus = float(ray.cluster_resources().get("CPU", 1))
     per_worker = max(1.0, math.floor(cpus / cfg.train.num_workers)) if not cfg.train.use_gpu else 1.0
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config_to_dict(cfg), "out": str(out),
-                           "threads": int(per_worker)},
+                           "threads": int(per_worker), **split},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": per_worker}),
         run_config=RunConfig(
-            name="maskray-train", storage_path=str(out / "ray"),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            name=RUN_NAME, storage_path=str(out / "ray"),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.train.keep_checkpoints,
+                checkpoint_score_attribute="segm_AP" if split["validate"] else None,
+                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures)))
     start = time.perf_counter()
     result = trainer.fit()
-    if result.checkpoint is None:
+    best = result.get_best_checkpoint("segm_AP", "max") if split["validate"] else None
+    checkpoint = best or result.checkpoint
+    if checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
-    bundle = export_bundle(result.checkpoint, cfg, out / "bundle", dict(result.metrics or {}))
+    bundle = export_bundle(checkpoint, cfg, out / "bundle")
+    metrics = bundle.metrics
     print(f"maskray train: {cfg.train.epochs} epoch(s) on {cfg.train.num_workers} worker(s) in "
-          f"{time.perf_counter() - start:.0f} s; final loss {result.metrics.get('loss', float('nan')):.3f}; "
-          f"bundle {out / 'bundle'} (model id {bundle.model_id}); metrics {out / 'metrics.jsonl'}")
+          f"{time.perf_counter() - start:.0f} s; bundle from epoch {metrics.get('epoch')}: loss "
+          f"{metrics.get('loss', float('nan')):.3f}"
+          + (f", mask AP {metrics['segm_AP']:.3f}, AP50 {metrics['segm_AP50']:.3f}"
+             if "segm_AP" in metrics else "")
+          + f"; bundle {out / 'bundle'} (model id {bundle.model_id}); metrics "
+          f"{out / 'metrics.jsonl'}")
     return 0
 
 
-def export_bundle(checkpoint, cfg, path: Path, metrics: dict[str, Any]):
-    """The checkpoint's weights as a model bundle carrying the training config and metrics."""
+def _resolve_run(args: argparse.Namespace):
+    """(config, run directory). A new run refuses a directory that already holds one; --resume
+    starts from that run's saved config (+ --set) and keeps its directory."""
+    from pipeline.config import load_config
+
+    if args.resume:
+        out = Path(args.resume).resolve()
+        if not (out / CONFIG_FILE).is_file() or not (out / "ray" / RUN_NAME).is_dir():
+            raise UsageError(f"--resume {args.resume}: no training run there (no {CONFIG_FILE} "
+                             f"and ray/{RUN_NAME})")
+        if args.config:
+            raise UsageError("--resume uses the run's saved config; change keys with --set")
+        cfg = load_config(out / CONFIG_FILE, [*args.overrides, f"train.out={out}"])
+    else:
+        cfg = config_from_args(args)
+        out = Path(cfg.train.out).resolve()
+        if (out / "ray" / RUN_NAME).exists():
+            raise UsageError(f"{cfg.train.out} already holds a training run: continue it with "
+                             f"--resume {cfg.train.out}, or set another train.out")
+    for key in ("data", "val_data"):
+        path = getattr(cfg.train, key)
+        if key == "data" and not path:
+            raise UsageError("train.data is not set: --set train.data=PATH/annotations.json")
+        if path and not Path(path).exists():
+            raise UsageError(f"training labels not found: {path} (train.{key})")
+    return cfg, out
+
+
+def _split(cfg) -> dict[str, Any]:
+    """Which images of train.data train, and which validate (positions in the id-sorted list)."""
+    from model.chips import split_indices
+    from model.datasets import count_items
+
+    count = count_items(cfg, cfg.train.data)
+    if cfg.train.val_data:
+        return {"train": list(range(count)), "val": None, "validate": True}
+    train, val = split_indices(count, cfg.train.val_fraction, cfg.train.seed)
+    return {"train": train, "val": val, "validate": bool(val)}
+
+
+def _with_band_statistics(cfg, subset):
+    """cfg with model.image_mean / image_std measured on the training images (so the bundle
+    carries the normalisation it was trained with)."""
+    import dataclasses
+
+    from model.chips import band_statistics
+    from model.datasets import open_training_set
+
+    mean, std = band_statistics(open_training_set(cfg, cfg.train.data, subset=subset))
+    print(f"maskray train: per-band normalisation from the training images: mean "
+          f"{[round(v, 2) for v in mean]}, std {[round(v, 2) for v in std]}", flush=True)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, image_mean=mean,
+                                                              image_std=std))
+
+
+def export_bundle(checkpoint, cfg, path: Path):
+    """The checkpoint's weights as a model bundle carrying the training config and the metrics of
+    the checkpoint's epoch (losses, validation AP)."""
     import torch
 
     from model.build import build_maskrcnn
@@ -89,14 +166,14 @@ def export_bundle(checkpoint, cfg, path: Path, metrics: dict[str, Any]):
         state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
     model = build_maskrcnn(cfg.model, load_backbone_weights=False)
     model.load_state_dict(state["model"])
+    history = state.get("metrics") or [{}]
     return save_bundle(path, model, cfg.model, cfg.tiling.tile_size, cfg.tiling.overlap,
-                       training=config_to_dict(cfg.train),
-                       metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                       overwrite=True)
+                       training=config_to_dict(cfg.train), metrics=history[-1], overwrite=True)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: DDP model, this worker's shard of the chips, epochs."""
+    """Runs on every Ray Train worker: DDP model, this worker's shard of the chips, epochs, and
+    its share of the validation images after each epoch."""
     import ray.train
     import ray.train.torch
     import torch
@@ -104,37 +181,47 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from torch.utils.data import DataLoader, DistributedSampler
 
     from model.build import build_maskrcnn
-    from model.chips import CocoChips, collate
+    from model.chips import collate
+    from model.datasets import open_training_set
     from model.train import (checkpoint_state, make_optimizer, make_scheduler, restore_state,
                              train_epoch)
+    from model.validation import epoch_metrics, shard_indices, validate_shard
     from pipeline.config import config_from_dict
 
     cfg = config_from_dict(loop_config["config"])
     tc = cfg.train
+    out = Path(loop_config["out"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(tc.seed + rank)
     torch.set_num_threads(loop_config["threads"])
     device = ray.train.torch.get_device()
 
-    dataset = CocoChips(tc.data, cfg.model.classes, cfg.model.bands, tc.data_root or None,
-                        augment=tc.augment, seed=tc.seed + rank)
+    dataset = open_training_set(cfg, tc.data, subset=loop_config["train"], augment=tc.augment,
+                                seed=tc.seed + rank)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
                                  seed=tc.seed)
     loader = DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler, collate_fn=collate)
+    val_set = None
+    if loop_config["validate"]:
+        val_set = open_training_set(cfg, tc.val_data or tc.data, subset=loop_config["val"])
     steps_per_epoch = len(loader)
     model = ray.train.torch.prepare_model(build_maskrcnn(cfg.model))
     optimizer = make_optimizer(model, tc, world)
     scheduler = make_scheduler(optimizer, steps_per_epoch * tc.epochs, tc)
     scaler = torch.amp.GradScaler("cuda") if tc.amp and device.type == "cuda" else None
 
-    first_epoch = 0
+    first_epoch, history = 0, []
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as directory:
             state = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
         first_epoch = restore_state(state, model, optimizer, scheduler, scaler)
+        history = list(state.get("metrics") or [])
         if rank == 0:
+            # The metrics file holds exactly the epochs of the checkpoint: an epoch whose
+            # checkpoint never landed is run again and must not appear twice.
+            _write_metrics(out, history)
             print(f"maskray train: resumed after epoch {first_epoch}", flush=True)
 
     def on_step(step: int, losses: dict[str, float]) -> None:
@@ -146,23 +233,51 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     for epoch in range(first_epoch, tc.epochs):
         sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
         stats = train_epoch(model, loader, optimizer, scheduler, scaler, device, tc.clip_norm,
                             on_step)
         metrics = _mean_over_workers(stats.losses, dist if world > 1 else None, device)
         metrics.update(epoch=epoch + 1, steps=stats.steps * world,
                        images_per_second=stats.images_per_second * world,
                        lr=optimizer.param_groups[0]["lr"])
+        if resumed is not None and epoch == first_epoch:
+            metrics["resumed"] = True  # first epoch after restoring a checkpoint
+        if val_set is not None:
+            shard = validate_shard(model, val_set, shard_indices(len(val_set), rank, world),
+                                   device, tc.batch_size, cfg.model.mask_threshold)
+            shards = [None] * world
+            if world > 1:
+                dist.all_gather_object(shards, shard)
+            else:
+                shards = [shard]
+            if rank == 0:
+                metrics.update(epoch_metrics(shards, val_set.gt))
         if rank == 0:
-            print(f"epoch {epoch + 1}/{tc.epochs}: loss {metrics['loss']:.3f}, "
-                  f"{metrics['images_per_second']:.2f} images/s", flush=True)
-            with open(Path(loop_config["out"]) / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            history.append(metrics)
+            print(_epoch_line(metrics, tc.epochs), flush=True)
+            _write_metrics(out, history)
             with tempfile.TemporaryDirectory() as directory:
-                torch.save(checkpoint_state(model, optimizer, scheduler, scaler, epoch),
+                torch.save(checkpoint_state(model, optimizer, scheduler, scaler, epoch, history),
                            Path(directory) / STATE_FILE)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
         else:
             ray.train.report(metrics)
+
+
+def _epoch_line(m: dict[str, Any], epochs: int) -> str:
+    line = (f"epoch {m['epoch']}/{epochs}: loss {m['loss']:.3f}, "
+            f"{m['images_per_second']:.2f} images/s")
+    if "segm_AP" in m:
+        line += (f"; validation loss {m['val_loss']:.3f}, mask AP {m['segm_AP']:.3f} "
+                 f"AP50 {m['segm_AP50']:.3f}, box AP {m['bbox_AP']:.3f} AP50 {m['bbox_AP50']:.3f}")
+    return line
+
+
+def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
+    """OUT/metrics.jsonl: one JSON line per finished epoch, replaced whole (write then rename)."""
+    tmp = out / "metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(m) + "\n" for m in history))
+    tmp.replace(out / "metrics.jsonl")
 
 
 def _mean_over_workers(losses: dict[str, float], dist, device) -> dict[str, float]:

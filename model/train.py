@@ -118,14 +118,16 @@ def train_epoch(model: nn.Module, batches: Iterable[tuple[list[torch.Tensor], li
     return stats
 
 
-def checkpoint_state(model: nn.Module, optimizer, scheduler, scaler, epoch: int) -> dict[str, Any]:
+def checkpoint_state(model: nn.Module, optimizer, scheduler, scaler, epoch: int,
+                     metrics: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Everything a resumed run needs: weights, optimiser, schedule, AMP scaler, the epoch just
-    finished and the RNG states."""
+    finished (0-based), the RNG state, and the metrics of every epoch so far (plain JSON types,
+    so `torch.load(weights_only=True)` reads them)."""
     model = getattr(model, "module", model)
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
-            "torch_rng": torch.get_rng_state()}
+            "torch_rng": torch.get_rng_state(), "metrics": list(metrics or [])}
 
 
 def restore_state(state: dict[str, Any], model: nn.Module, optimizer, scheduler, scaler) -> int:

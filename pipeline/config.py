@@ -97,15 +97,25 @@ class InferConfig:
 class TrainConfig:
     """Training with Ray Train (`maskray train`).
 
-    data: COCO JSON of the training images (polygon or RLE masks).
+    data: the training images: a COCO JSON (polygon or RLE masks) or a VGG Image Annotator JSON
+        (polygon, rect, circle, ellipse regions) of images; or a directory of GeoTIFF scenes with
+        one GeoJSON of footprints per scene, cut into chips on the fly.
     data_root: folder the JSON's file names are relative to ("" = the JSON's own folder).
+    labels: GeoJSON folder of a scene directory ("" = DATA/labels, else DATA/../labels).
+    chip_size: chip side cut from scenes (0 = tiling.tile_size); empty_chip_rate: share of the
+        chips without any object that are kept (the rest are left out, fixed per run).
+    val_data: COCO JSON of validation images, evaluated after every epoch (COCO mask and box
+        AP, validation losses); "" = hold out val_fraction of `data` instead (0 = no validation).
+        With validation, checkpoints are ranked by segm_AP and the best becomes the bundle.
     out: run directory: Ray Train checkpoints, metrics.jsonl, and the exported bundle/.
     epochs; batch_size: images per worker per step (the global batch is batch_size x workers).
     base_lr: learning rate per 16 images (torchvision's detection reference: 0.02); the run uses
         base_lr x global batch / 16, after a linear warm-up of warmup_steps from 0.001 x that.
     schedule: "cosine" (to 0 at the last step) or "step" (x 0.1 at 2/3 and 8/9 of the epochs).
     momentum, weight_decay: SGD. clip_norm: gradient-norm clip (0 = off). amp: on GPU only.
-    augment: random flips and 90-degree rotations (overhead imagery has no up).
+    augment: random flips and 90-degree rotations (overhead imagery has no up), and with it
+        scale_jitter (zoom in [1/(1+j), 1+j], cropped or padded back) and photometric
+        (brightness and contrast each x [1-p, 1+p]); 0 turns either off.
     num_workers, use_gpu: Ray Train ScalingConfig (DDP: nccl on GPUs, gloo on CPU).
     keep_checkpoints, max_failures: Ray Train CheckpointConfig / FailureConfig.
     seed: torch / numpy seed (each worker adds its rank).
@@ -113,6 +123,11 @@ class TrainConfig:
 
     data: str = ""
     data_root: str = ""
+    labels: str = ""
+    chip_size: int = 0
+    empty_chip_rate: float = 0.1
+    val_data: str = ""
+    val_fraction: float = 0.0
     out: str = "train-out"
     epochs: int = 12
     batch_size: int = 2
@@ -124,6 +139,8 @@ class TrainConfig:
     clip_norm: float = 10.0
     amp: bool = True
     augment: bool = True
+    scale_jitter: float = 0.25
+    photometric: float = 0.2
     num_workers: int = 2
     use_gpu: bool = False
     keep_checkpoints: int = 2
@@ -137,6 +154,10 @@ class TrainConfig:
             raise ValueError("base_lr must be > 0, warmup_steps and clip_norm >= 0")
         if self.schedule not in ("cosine", "step"):
             raise ValueError("schedule must be cosine or step")
+        if self.chip_size < 0 or not 0 <= self.empty_chip_rate <= 1:
+            raise ValueError("chip_size must be >= 0 and empty_chip_rate in [0, 1]")
+        if not 0 <= self.val_fraction < 1 or self.scale_jitter < 0 or not 0 <= self.photometric < 1:
+            raise ValueError("val_fraction and photometric must be in [0, 1), scale_jitter >= 0")
         if self.keep_checkpoints < 1 or self.max_failures < 0:
             raise ValueError("keep_checkpoints must be >= 1 and max_failures >= 0")
 

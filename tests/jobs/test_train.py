@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -33,26 +35,52 @@ def chips(tmp_path_factory):
     return out
 
 
-def test_two_cpu_workers_train_and_the_bundle_runs_in_infer(ray_local, chips, tmp_path, capsys):
+def _train_args(chips, run, *extra):
+    return ["--set", f"train.data={chips / 'annotations.json'}", "--set", f"train.out={run}",
+            "--set", "train.batch_size=2", "--set", "train.num_workers=2",
+            "--set", "train.warmup_steps=2", "--set", "tiling.tile_size=128",
+            "--set", "tiling.overlap=32", *SMALL_MODEL, *extra]
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_workers_train_validate_resume_and_the_bundle_runs_in_infer(ray_local, chips,
+                                                                       tmp_path, capsys):
     run = tmp_path / "run"
-    assert train_job.main(["--set", f"train.data={chips / 'annotations.json'}",
-                           "--set", f"train.out={run}", "--set", "train.epochs=2",
-                           "--set", "train.batch_size=2", "--set", "train.num_workers=2",
-                           "--set", "train.warmup_steps=2", "--set", "tiling.tile_size=128",
-                           "--set", "tiling.overlap=32", *SMALL_MODEL]) == 0
+    args = _train_args(chips, run, "--set", "train.epochs=2", "--set", "train.val_fraction=0.25")
+    assert train_job.main(args) == 0
     assert "maskray train: 2 epoch(s) on 2 worker(s)" in capsys.readouterr().out
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = _metrics(run)
     assert [m["epoch"] for m in lines] == [1, 2]
     for m in lines:
         assert set(LOSS_NAMES) | {"loss"} <= m.keys()
         assert math.isfinite(m["loss"]) and m["loss"] == pytest.approx(
             sum(m[k] for k in LOSS_NAMES), rel=1e-6)
-        assert m["steps"] == 4  # 8 chips / (2 workers x batch 2) = 2 steps a worker
+        assert m["steps"] == 4  # 6 training chips / 2 workers = 3 each, batches of 2 and 1
+        # validation on the 2 held-out chips, one per worker, gathered on rank 0
+        assert m["val_images"] == 2 and math.isfinite(m["val_loss"])
+        for key in ("segm_AP", "segm_AP50", "segm_AP75", "bbox_AP", "bbox_APs"):
+            assert -1 <= m[key] <= 1
+        assert set(m["segm_per_class"]) <= {"building", "vehicle", "ship", "tree"}
     bundle = load_bundle(run / "bundle")
     assert bundle.model.classes == ("building", "vehicle", "ship", "tree")
-    # the bundle remembers how it was trained
+    # the bundle is the best checkpoint by mask AP and carries its metrics and the training config
     meta = json.loads((run / "bundle" / "bundle.json").read_text())
-    assert json.dumps(meta).count('"epochs": 2') >= 1
+    assert meta["metrics"]["segm_AP"] == max(m["segm_AP"] for m in lines)
+    assert meta["training"]["epochs"] == 2 and meta["training"]["val_fraction"] == 0.25
+    # per-band normalisation measured on the training chips, not ImageNet's
+    assert bundle.model.image_mean is not None and bundle.model.image_mean[0] != pytest.approx(123.675)
+
+    # the same run directory again: refused, it would mix two runs
+    assert train_job.main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    # continue the finished run for one more epoch: epochs 1, 2 kept, only epoch 3 runs
+    assert train_job.main(["--resume", str(run), "--set", "train.epochs=3"]) == 0
+    lines = _metrics(run)
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+    assert [m.get("resumed", False) for m in lines] == [False, False, True]
 
     scene = tmp_path / "scene"
     assert synth_job.main(["--out", str(scene), "--scenes", "1", "--size", "300", "--seed", "2",
@@ -65,11 +93,54 @@ def test_two_cpu_workers_train_and_the_bundle_runs_in_infer(ray_local, chips, tm
     assert read_instances(str(out)).schema.field("mask_rle") is not None
 
 
+def test_a_killed_worker_is_replaced_and_training_goes_on_from_the_checkpoint(ray_local, chips,
+                                                                              tmp_path):
+    """SIGKILL one Ray Train worker after the first epoch's checkpoint: Ray Train starts a new
+    worker group, which restores that checkpoint; no epoch is lost or repeated."""
+    run = tmp_path / "run"
+    codes = []
+    trainer = threading.Thread(target=lambda: codes.append(train_job.main(_train_args(
+        chips, run, "--set", "train.epochs=3", "--set", "train.max_failures=2"))))
+    trainer.start()
+    # Ray Train writes its checkpoint manager snapshot once a reported checkpoint is registered
+    snapshot = run / "ray" / train_job.RUN_NAME / "checkpoint_manager_snapshot.json"
+    deadline = time.monotonic() + 300
+    while not snapshot.exists():
+        assert trainer.is_alive() and time.monotonic() < deadline, "no checkpoint registered"
+        time.sleep(0.2)
+    workers = _train_workers()
+    assert len(workers) == 2
+    workers[-1].kill()
+    trainer.join(timeout=600)
+    assert codes == [0]
+    lines = _metrics(run)
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+    resumed = [m["epoch"] for m in lines if m.get("resumed")]
+    assert resumed and resumed[0] >= 2  # restored from a checkpoint, not started over
+
+
+def _train_workers():
+    """This test process's own Ray Train worker processes (never another user's)."""
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True)
+            if "RayTrainWorker" in " ".join(_cmdline(p))]
+
+
+def _cmdline(p):
+    try:
+        return p.cmdline()
+    except Exception:  # noqa: BLE001 - a process that just ended
+        return []
+
+
 def test_missing_data_is_a_usage_error(tmp_path, capsys):
     assert train_job.main(["--set", f"train.out={tmp_path}"]) == 2
     assert "train.data is not set" in capsys.readouterr().err
     assert train_job.main(["--set", f"train.data={tmp_path / 'no.json'}"]) == 2
     assert "training labels not found" in capsys.readouterr().err
+    assert train_job.main(["--resume", str(tmp_path)]) == 2
+    assert "no training run there" in capsys.readouterr().err
 
 
 def test_chip_targets_are_the_coco_masks(chips):
@@ -96,7 +167,8 @@ def test_augmentation_moves_image_and_masks_together(chips):
     i = next(i for i in range(len(plain)) if len(plain[i][1]["labels"]))
     image, target = plain[i]
     seen = set()
-    for _ in range(12):
+    for epoch in range(12):
+        aug.set_epoch(epoch)
         a_image, a_target = aug[i]
         # the transform that maps the image also maps every mask: find it from the image
         matches = [(k, flip) for k in range(4) for flip in (False, True)
@@ -107,6 +179,11 @@ def test_augmentation_moves_image_and_masks_together(chips):
         assert torch.equal(a_target["labels"], target["labels"])
         seen.add((k, flip))
     assert len(seen) > 1
+    # the draws depend on (seed, epoch, index) only: a resumed run sees the same images
+    again = CocoChips(chips / "annotations.json", ("building", "vehicle", "ship", "tree"),
+                      (1, 2, 3), augment=True, seed=3)
+    again.set_epoch(11)
+    assert torch.equal(again[i][0], a_image)
 
 
 def _apply(t: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
