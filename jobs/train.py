@@ -239,10 +239,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = _mean_over_workers(stats.losses, dist if world > 1 else None, device)
         metrics.update(epoch=epoch + 1, steps=stats.steps * world,
                        images_per_second=stats.images_per_second * world,
-                       lr=optimizer.param_groups[0]["lr"])
+                       lr=optimizer.param_groups[0]["lr"], train_seconds=stats.seconds)
         if resumed is not None and epoch == first_epoch:
             metrics["resumed"] = True  # first epoch after restoring a checkpoint
         if val_set is not None:
+            val_start = time.perf_counter()
             shard = validate_shard(model, val_set, shard_indices(len(val_set), rank, world),
                                    device, tc.batch_size, cfg.model.mask_threshold)
             shards = [None] * world
@@ -251,7 +252,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             else:
                 shards = [shard]
             if rank == 0:
-                metrics.update(epoch_metrics(shards, val_set.gt))
+                metrics.update(epoch_metrics(shards, val_set.gt),
+                               val_seconds=time.perf_counter() - val_start)
         if rank == 0:
             history.append(metrics)
             print(_epoch_line(metrics, tc.epochs), flush=True)

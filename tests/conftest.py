@@ -30,3 +30,25 @@ def ray_local():
                  configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def logged():
+    """`with logged("model.via") as lines:` collects that logger's messages (WARNING and up) as
+    text; works with pytest's logging plugin on or off (`-p no:logging`)."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def collect(name: str):
+        lines: list[str] = []
+        handler = logging.Handler(logging.WARNING)
+        handler.emit = lambda record: lines.append(record.getMessage())
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        try:
+            yield lines
+        finally:
+            logger.removeHandler(handler)
+
+    return collect

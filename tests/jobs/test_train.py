@@ -119,6 +119,22 @@ def test_a_killed_worker_is_replaced_and_training_goes_on_from_the_checkpoint(ra
     assert resumed and resumed[0] >= 2  # restored from a checkpoint, not started over
 
 
+def test_training_on_geotiff_scenes_with_geojson_footprints(ray_local, tmp_path):
+    """train.data a directory of scenes: chips cut on the fly, labels from the GeoJSON files."""
+    scenes = tmp_path / "archive"
+    assert synth_job.main(["--out", str(scenes), "--scenes", "1", "--size", "256", "--seed", "5",
+                           "--quiet"]) == 0
+    run = tmp_path / "run"
+    assert train_job.main(["--set", f"train.data={scenes}", "--set", f"train.out={run}",
+                           "--set", "train.chip_size=128", "--set", "train.empty_chip_rate=1",
+                           "--set", "train.epochs=1", "--set", "train.num_workers=1",
+                           "--set", "train.batch_size=2", "--set", "tiling.tile_size=128",
+                           "--set", "tiling.overlap=32", *SMALL_MODEL]) == 0
+    (line,) = _metrics(run)
+    assert line["steps"] == 2  # a 256 px scene = 4 chips of 128 px, batches of 2
+    assert load_bundle(run / "bundle").model.classes == ("building", "vehicle", "ship", "tree")
+
+
 def _train_workers():
     """This test process's own Ray Train worker processes (never another user's)."""
     import psutil
