@@ -35,15 +35,18 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
 
 
-def init_ray(address: str | None, log_to_driver: bool = False) -> None:
+def init_ray(address: str | None, log_to_driver: bool = False, dashboard: bool = False) -> None:
     """Connect to `address`, or start a local cluster; no-op when Ray is already initialised
-    (tests share one cluster). `log_to_driver`: show the workers' prints (training progress)."""
+    (tests share one cluster). `log_to_driver`: show the workers' prints (training progress).
+    `dashboard`: a local cluster also starts the dashboard (on 127.0.0.1), whose state API
+    Ray Train's placement-group cleaner polls; without it the cleaner warns every few seconds
+    and never exits."""
     import ray
 
     if ray.is_initialized():
         return
-    ray.init(address=address or "local", include_dashboard=False, configure_logging=False,
-             log_to_driver=log_to_driver)
+    ray.init(address=address or "local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+             configure_logging=False, log_to_driver=log_to_driver)
 
 
 def setup_logging(debug: bool = False, quiet: bool = False) -> None:

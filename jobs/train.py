@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.model.image_mean is None:
         cfg = _with_band_statistics(cfg, split["train"])
     (out / CONFIG_FILE).write_text(dump_yaml(cfg))
-    init_ray(args.address, log_to_driver=True)
+    init_ray(args.address, log_to_driver=True, dashboard=True)
     cpus = float(ray.cluster_resources().get("CPU", 1))
     per_worker = max(1.0, math.floor(cpus / cfg.train.num_workers)) if not cfg.train.use_gpu else 1.0
     trainer = TorchTrainer(
@@ -222,18 +222,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             # The metrics file holds exactly the epochs of the checkpoint: an epoch whose
             # checkpoint never landed is run again and must not appear twice.
             _write_metrics(out, history)
-            print(f"maskray train: resumed after epoch {first_epoch}", flush=True)
+            _say(f"maskray train: resumed after epoch {first_epoch}")
 
     def on_step(step: int, losses: dict[str, float]) -> None:
         if rank == 0 and (step == 1 or step % 10 == 0 or step == steps_per_epoch):
-            print(f"epoch {epoch + 1}/{tc.epochs} step {step}/{steps_per_epoch} "
-                  f"loss {losses['loss']:.3f} (" + ", ".join(
-                      f"{k[5:]} {v:.3f}" for k, v in losses.items() if k.startswith("loss_"))
-                  + f") lr {losses['lr']:.5f}", flush=True)
+            rate = step * tc.batch_size * world / (time.perf_counter() - epoch_start)
+            _say(f"epoch {epoch + 1}/{tc.epochs} step {step}/{steps_per_epoch} "
+                 f"loss {losses['loss']:.3f} (" + ", ".join(
+                     f"{k[5:]} {v:.3f}" for k, v in losses.items() if k.startswith("loss_"))
+                 + f") lr {losses['lr']:.5f}, {rate:.2f} images/s")
 
     for epoch in range(first_epoch, tc.epochs):
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
+        epoch_start = time.perf_counter()
         stats = train_epoch(model, loader, optimizer, scheduler, scaler, device, tc.clip_norm,
                             on_step)
         metrics = _mean_over_workers(stats.losses, dist if world > 1 else None, device)
@@ -256,7 +258,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                val_seconds=time.perf_counter() - val_start)
         if rank == 0:
             history.append(metrics)
-            print(_epoch_line(metrics, tc.epochs), flush=True)
+            _say(_epoch_line(metrics, tc.epochs))
             _write_metrics(out, history)
             with tempfile.TemporaryDirectory() as directory:
                 torch.save(checkpoint_state(model, optimizer, scheduler, scaler, epoch, history),
@@ -264,6 +266,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
         else:
             ray.train.report(metrics)
+
+
+def _say(line: str) -> None:
+    """One progress line from a worker, straight to its stdout (which Ray forwards to the
+    driver). Not print(): Ray Train patches print into its logger, and the driver then shows
+    each line twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _epoch_line(m: dict[str, Any], epochs: int) -> str:

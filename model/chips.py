@@ -29,7 +29,37 @@ from pipeline.labels import coco_rle
 from pipeline.rle import tight_bounds
 
 
-class CocoChips(torch.utils.data.Dataset):
+class ChipSet(torch.utils.data.Dataset):
+    """What every training set shares (CocoChips here, SceneChips in model/scene_chips.py):
+    `images` (one COCO image dict per item), per-epoch augmentation and the item's tensors.
+    Subclasses set images, augment, seed, epoch, scale_jitter and photometric."""
+
+    images: list[dict[str, Any]]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new augmentations (call once per epoch, like DistributedSampler.set_epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _item(self, index: int, image: np.ndarray, masks: np.ndarray, labels: list[int]
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(C, H, W) float32 image, (N, H, W) uint8 masks and N model labels -> the item, after
+        this epoch's augmentation of `index` (masks emptied by it are dropped)."""
+        if self.augment:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            image, masks = augment(image, masks, rng, self.scale_jitter, self.photometric)
+            keep = masks.any(axis=(1, 2))
+            masks, labels = masks[keep], [label for label, k in zip(labels, keep) if k]
+        return torch.from_numpy(np.ascontiguousarray(image)), {
+            "boxes": torch.from_numpy(boxes_of(masks)),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "masks": torch.from_numpy(np.ascontiguousarray(masks)),
+        }
+
+
+class CocoChips(ChipSet):
     """Images listed in a COCO or VIA JSON (`model.via`), read whole (chips, not scenes)."""
 
     def __init__(self, coco_json: str | Path, classes: Sequence[str], bands: Sequence[int],
@@ -75,13 +105,6 @@ class CocoChips(torch.utils.data.Dataset):
                                    self.annotations and int(a["category_id"]) in label_of],
                    "categories": [c for c in data.get("categories", []) if int(c["id"]) in label_of]}
 
-    def set_epoch(self, epoch: int) -> None:
-        """Draw new augmentations (call once per epoch, like DistributedSampler.set_epoch)."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.images)
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         img = self.images[index]
         image = read_image(self.root / img["file_name"], self.bands)
@@ -93,17 +116,7 @@ class CocoChips(torch.utils.data.Dataset):
                 labels.append(label)
                 masks.append(m)
         mask_array = np.stack(masks) if masks else np.zeros((0, height, width), np.uint8)
-        if self.augment:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
-            image, mask_array = augment(image, mask_array, rng, self.scale_jitter,
-                                        self.photometric)
-            keep = mask_array.any(axis=(1, 2))
-            mask_array, labels = mask_array[keep], [l for l, k in zip(labels, keep) if k]
-        return torch.from_numpy(np.ascontiguousarray(image)), {
-            "boxes": torch.from_numpy(boxes_of(mask_array)),
-            "labels": torch.tensor(labels, dtype=torch.int64),
-            "masks": torch.from_numpy(np.ascontiguousarray(mask_array)),
-        }
+        return self._item(index, image, mask_array, labels)
 
 def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
     """DataLoader collate for detection: lists, not stacked tensors (images differ in size)."""

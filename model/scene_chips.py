@@ -34,8 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from model.augment import augment
-from model.chips import boxes_of
+from model.chips import ChipSet
 from pipeline import rle
 from pipeline.detection import Detection
 from pipeline.errors import MaskrayError
@@ -48,7 +47,7 @@ log = logging.getLogger(__name__)
 SCENE_SUFFIXES = (".tif", ".tiff")
 
 
-class SceneChips(torch.utils.data.Dataset):
+class SceneChips(ChipSet):
     """Square chips of GeoTIFF scenes with instance targets from per-scene GeoJSON labels."""
 
     def __init__(self, scenes: str | Path, labels: str | Path | None, classes: Sequence[str],
@@ -140,13 +139,6 @@ class SceneChips(torch.utils.data.Dataset):
             out.append((image, [(label_of[d.class_id], d) for d in dets]))
         return out
 
-    def set_epoch(self, epoch: int) -> None:
-        """Draw new augmentations (call once per epoch, like DistributedSampler.set_epoch)."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.images)
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         img = self.images[index]
         x0, y0, w, h = img["window"]
@@ -156,16 +148,7 @@ class SceneChips(torch.utils.data.Dataset):
         masks = np.zeros((len(labels), h, w), np.uint8)
         for m, (_, d) in zip(masks, self._objects[index]):
             m[d.y0:d.y1, d.x0:d.x1] = rle.decode(d.rle)
-        if self.augment:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
-            image, masks = augment(image, masks, rng, self.scale_jitter, self.photometric)
-            keep = masks.any(axis=(1, 2))
-            masks, labels = masks[keep], [l for l, k in zip(labels, keep) if k]
-        return torch.from_numpy(np.ascontiguousarray(image)), {
-            "boxes": torch.from_numpy(boxes_of(masks)),
-            "labels": torch.tensor(labels, dtype=torch.int64),
-            "masks": torch.from_numpy(np.ascontiguousarray(masks)),
-        }
+        return self._item(index, image, masks, labels)
 
     @cached_property
     def gt(self) -> dict[str, Any]:
