@@ -15,9 +15,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "config": ("jobs.config", "show the resolved configuration (defaults < file < --set)"),
     "model": ("jobs.model", "build, inspect and verify model bundles"),
     "infer": ("jobs.infer", "batch inference: scenes in, instances/ + scenes/ GeoParquet out"),
-    "train": ("jobs.train", "train Mask R-CNN with Ray Train (DDP) on COCO chips; exports a bundle"),
+    "train": ("jobs.train", "train Mask R-CNN with Ray Train (DDP); exports a model bundle"),
     "evaluate": ("jobs.evaluate", "COCO mask/box AP of an inference output against ground truth"),
-    "demo": ("jobs.demo", "run the end-to-end demo on a generated archive (no network)"),
+    "demo": ("jobs.demo", "generate data, train, infer, evaluate: the end-to-end demo"),
 }
 
 USAGE = """usage: maskray <subcommand> [options]

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from jobs._cli import new_parser, run_job
+from jobs._cli import init_ray, new_parser, run_job
 
 log = logging.getLogger("maskray.demo")
 
@@ -41,7 +41,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--tile-size", type=int, default=512, help="tiling.tile_size")
     parser.add_argument("--overlap", type=int, default=64, help="tiling.overlap")
     parser.add_argument("--skip-train", action="store_true",
-                        help="stop after the replay (no training, inference or evaluation of a model)")
+                        help="stop after the replay (no model trained, run or evaluated)")
     return parser
 
 
@@ -50,13 +50,12 @@ def run(args: argparse.Namespace) -> int:
     from jobs import train as train_job
     from pipeline.synth import ChipsConfig, SynthConfig, generate_archive, generate_chips
 
-    from jobs._cli import init_ray
-
     # one local cluster for every step; training progress shows; the dashboard for Ray Train
     init_ray(None, log_to_driver=True, dashboard=True)
     out = Path(args.out)
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
-    tiling = ["--set", f"tiling.tile_size={args.tile_size}", "--set", f"tiling.overlap={args.overlap}"]
+    tiling = ["--set", f"tiling.tile_size={args.tile_size}",
+              "--set", f"tiling.overlap={args.overlap}"]
     start = time.perf_counter()
     archive, chips, val = out / "scenes", out / "train-chips", out / "val-chips"
     made = []

@@ -43,11 +43,13 @@ RUN_NAME = "maskray-train"  # Ray Train run name under OUT/ray: the same name re
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or new_parser("maskray train", __doc__.split("\n\n")[0])
+    parser.epilog = __doc__.split("\n\n", 1)[1]  # examples and how a run works
     add_ray_arguments(parser)
     add_config_arguments(parser)
     parser.add_argument("--resume", metavar="RUN",
                         help="continue the run in directory RUN (its train.out) from its last "
-                             "checkpoint, with its saved config; --set may change e.g. train.epochs")
+                             "checkpoint, with its saved config; --set may change keys, e.g. "
+                             "train.epochs")
     return parser
 
 

@@ -103,7 +103,8 @@ class CocoChips(ChipSet):
         self.gt = {"images": self.images,
                    "annotations": [a for a in data["annotations"] if a["image_id"] in
                                    self.annotations and int(a["category_id"]) in label_of],
-                   "categories": [c for c in data.get("categories", []) if int(c["id"]) in label_of]}
+                   "categories": [c for c in data.get("categories", [])
+                                  if int(c["id"]) in label_of]}
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         img = self.images[index]
