@@ -1,0 +1,56 @@
+"""SQL over an inference output with DuckDB: the output's datasets as views.
+
+    instances  one row per object instance (instances/model=<id>/*.parquet, hive partitioned:
+               a `model` column beside `model_id`)
+    scenes     one row per scene and model (scenes/model=<id>/*.parquet)
+    runs       one row per run record (runs/<run_id>.json: config, counts, times, status)
+
+Only committed parts are read (staging lives in `_staging/`). A dataset with no file yet has no
+view, so a query naming it fails with DuckDB's "Table ... does not exist" - the error says which.
+Local paths for now; object storage comes with the storage layer (DuckDB's httpfs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from pipeline.errors import UsageError
+
+VIEWS = {
+    "instances": "read_parquet('{root}/instances/**/*.parquet', hive_partitioning = true)",
+    "scenes": "read_parquet('{root}/scenes/**/*.parquet', hive_partitioning = true)",
+    "runs": "read_json('{root}/runs/*.json', union_by_name = true, format = 'auto')",
+}
+PATTERNS = {"instances": "instances/**/*.parquet", "scenes": "scenes/**/*.parquet",
+            "runs": "runs/*.json"}
+
+
+def connect(output: str | Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with a view per dataset the output at `output` holds."""
+    root = Path(output)
+    if not root.is_dir():
+        raise UsageError(f"no inference output at {output}")
+    con = duckdb.connect()
+    found = []
+    for name, source in VIEWS.items():
+        if any(root.glob(PATTERNS[name])):
+            quoted = str(root.resolve()).replace("'", "''")
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM {source.format(root=quoted)}")
+            found.append(name)
+    if not found:
+        raise UsageError(f"{output} holds no instances/, scenes/ or runs/ yet: not an output of "
+                         f"`maskray infer`")
+    return con
+
+
+def run_query(con: duckdb.DuckDBPyConnection, sql: str) -> duckdb.DuckDBPyRelation:
+    """`sql` on `con`; a DuckDB error (syntax, unknown column or table) becomes one clear line."""
+    try:
+        relation = con.sql(sql)
+    except duckdb.Error as exc:
+        raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
+    if relation is None:
+        raise UsageError("the query returned no table (use a SELECT)")
+    return relation
