@@ -52,3 +52,4 @@ def logged():
             logger.removeHandler(handler)
 
     return collect
+

@@ -20,6 +20,7 @@ from jobs import infer as infer_job
 from jobs import synth as synth_job
 from model.evaluate import METRICS, coco_metrics, match_scenes
 from pipeline.dataset import read_instances, read_scenes, to_coco_results
+from tests.replay import replayed_archive
 
 TILING = ["--set", "tiling.tile_size=256", "--set", "tiling.overlap=64"]
 
@@ -164,15 +165,7 @@ def test_dota_polygons_equal_pycocotools(shared_data):
 
 @pytest.fixture(scope="module")
 def synth_replay(tmp_path_factory, ray_local):
-    root = tmp_path_factory.mktemp("synth-eval")
-    archive = root / "archive"
-    assert synth_job.main(["--out", str(archive), "--scenes", "2", "--size", "700", "--seed", "3",
-                           "--quiet"]) == 0
-    out = root / "out"
-    assert infer_job.main(["--predictor", f"labels:{archive / 'annotations.json'}",
-                           "--input", str(archive), "--output", str(out), "--quiet",
-                           *TILING]) == 0
-    return archive, out
+    return replayed_archive(tmp_path_factory.mktemp("synth-eval"), 700, 3, 256, 64)
 
 
 @pytest.mark.parametrize("gt_name", ["annotations.json", "labels"])

@@ -10,23 +10,14 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import infer as infer_job
 from jobs import query as query_job
-from jobs import synth as synth_job
 from pipeline.dataset import read_instances
+from tests.replay import replayed_archive
 
 
 @pytest.fixture(scope="module")
 def output(ray_local, tmp_path_factory):
-    root = tmp_path_factory.mktemp("query")
-    archive = root / "archive"
-    assert synth_job.main(["--out", str(archive), "--scenes", "2", "--size", "300", "--seed", "3",
-                           "--quiet"]) == 0
-    out = root / "out"
-    assert infer_job.main(["--predictor", f"labels:{archive / 'annotations.json'}",
-                           "--input", str(archive), "--output", str(out), "--quiet",
-                           "--set", "tiling.tile_size=128", "--set", "tiling.overlap=32"]) == 0
-    return out
+    return replayed_archive(tmp_path_factory.mktemp("query"), 300, 3, 128, 32)[1]
 
 
 def test_counts_per_class_and_scene_equal_the_parquet_rows(output, capsys):
