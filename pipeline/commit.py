@@ -157,6 +157,15 @@ def commit_staged(fs: fsspec.AbstractFileSystem, root: str, name: str, *, model_
           f"{partition_dir(root, 'scenes', model_id)}/{name}.parquet")
 
 
+def publish_table(fs: fsspec.AbstractFileSystem, root: str, run_id: str, path: str,
+                  table: pa.Table, row_group_rows: int = ROW_GROUP_ROWS) -> None:
+    """Replace the committed file at `path` (under `root`) with `table` (its schema metadata
+    kept): staged under this run's `_staging/`, then one atomic move."""
+    staged = f"{root}/{STAGING}/{_safe(run_id)}/rewrite/{posixpath.relpath(path, root)}"
+    _write_parquet(fs, staged, table, row_group_rows)
+    _move(fs, staged, path)
+
+
 @dataclass(frozen=True)
 class Recovery:
     """What `recover_shards` did, by shard name."""

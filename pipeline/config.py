@@ -25,6 +25,7 @@ import yaml
 
 from model.config import ModelConfig
 from pipeline.errors import ConfigError
+from pipeline.storage import StorageConfig
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ class Config:
     tiling: TilingConfig = field(default_factory=TilingConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
 
 # ----------------------------------------------------------------------------- loading

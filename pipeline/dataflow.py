@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 import ray
 
+from pipeline import storage
 from pipeline.config import Config
 from pipeline.shards import SceneResult, ShardAssembler
 from pipeline.tiles import plan_scene, read_tiles
@@ -101,13 +102,15 @@ def run_tiles(scenes: Sequence[tuple[str, str, int]], cfg: Config, spec: Predict
     log.info("actor pool: %d x (%.2f CPU, %.0f GPU); batch %d", actors, actor_cpus, actor_gpus,
              cfg.infer.batch_size)
     items = [{"scene_id": s, "uri": u, "shard": k} for s, u, k in scenes]
+    settings = storage.resolve(cfg.storage).to_dict()  # endpoint etc. for the workers; no secret
     ds = (ray.data.from_items(items, override_num_blocks=min(len(items), 200))
           .flat_map(plan_scene, fn_kwargs={"tile_size": cfg.tiling.tile_size,
                                            "overlap": cfg.tiling.overlap,
                                            "bands": spec.bands,
-                                           "max_pixels": cfg.infer.max_pixels})
+                                           "max_pixels": cfg.infer.max_pixels,
+                                           "storage": settings})
           .map_batches(read_tiles, batch_size=cfg.infer.batch_size, batch_format="numpy",
-                       fn_kwargs={"bands": spec.bands, "fill": spec.fill},
+                       fn_kwargs={"bands": spec.bands, "fill": spec.fill, "storage": settings},
                        # What one read task holds (measured ~160 MiB with 1024 px tiles: the
                        # worker, GDAL's cache, the batch twice over while it is copied out).
                        # Also keeps these remote args distinct from the actors', so Ray Data

@@ -1,12 +1,15 @@
 """One batch-inference run, driver side: what to do, then stitch, write and commit each shard.
 
-    list scenes -> drop those already committed for this model -> plan shards
-      -> dataflow.run_tiles (Ray Data)  -> per shard: stitch each scene, build rows, commit
+    take the output lease -> recover -> list scenes -> keep the new and the changed ones
+      (pipeline/incremental.py) -> plan shards -> dataflow.run_tiles (Ray Data)
+      -> per shard: stitch each scene, build rows, commit, retire replaced rows
       -> run record + summary
 
-A re-run of the same command finds every scene committed and does no work; added scenes are the
-only ones processed; a killed run re-run yields exactly the rows of one clean run, because
-shards are committed atomically under deterministic names (pipeline/commit.py).
+A re-run of the same command finds every scene committed and does no work (without starting
+Ray); added scenes and replaced objects (another ETag, size or mtime) are the only ones
+processed; a killed run re-run yields exactly the rows of one clean run, because shards are
+committed atomically under deterministic names (pipeline/commit.py). Two runs started at once
+on the same output and model: one takes the lease (pipeline/lease.py), the other does nothing.
 """
 
 from __future__ import annotations
@@ -15,17 +18,17 @@ import hashlib
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from affine import Affine
 
-from pipeline import commit
+from pipeline import commit, incremental, storage
 from pipeline.config import Config, config_hash, config_to_dict
 from pipeline.dataflow import FlowStats, PredictorSpec, run_tiles
-from pipeline.dataset import done_scene_ids
 from pipeline.errors import UsageError
+from pipeline.lease import Lease
 from pipeline.rows import SceneInfo, build_shard_tables
-from pipeline.scenes import list_scenes
+from pipeline.scenes import SceneRef, list_scenes
 from pipeline.shards import SceneResult, plan_shards
 from pipeline.stitch import stitch_scene
 from pipeline.tiling import grid_windows
@@ -63,7 +66,8 @@ def model_source(bundle_uri: str, cfg: Config) -> Source:
     mean, _ = bundle.model.normalization()
     spec = PredictorSpec(TilePredictor, {"bundle_uri": bundle_uri, "device": cfg.infer.device,
                                          "batch_size": cfg.infer.batch_size,
-                                         "threads": max(1, round(cfg.infer.actor_cpus))},
+                                         "threads": max(1, round(cfg.infer.actor_cpus)),
+                                         "storage": storage.resolve(cfg.storage).to_dict()},
                          bands=tuple(bundle.model.bands), fill=tuple(mean),
                          uses_gpu=cfg.infer.device != "cpu")
     return Source(spec, bundle.model_id, tuple(bundle.model.classes), config_to_dict(bundle.model))
@@ -99,6 +103,7 @@ class RunSummary:
     model_id: str
     scenes_listed: int = 0
     scenes_skipped: int = 0
+    scenes_replaced: int = 0
     scenes_ok: int = 0
     scenes_error: int = 0
     instances: int = 0
@@ -112,8 +117,9 @@ class RunSummary:
         return self.scenes_error / done if done else 0.0
 
     def line(self) -> str:
-        return (f"maskray infer: {self.scenes_ok} scene(s) ok, {self.scenes_error} error, "
-                f"{self.scenes_skipped} already done; {self.instances} instance(s); "
+        replaced = f" ({self.scenes_replaced} replaced)" if self.scenes_replaced else ""
+        return (f"maskray infer: {self.scenes_ok} scene(s) ok{replaced}, {self.scenes_error} "
+                f"error, {self.scenes_skipped} already done; {self.instances} instance(s); "
                 f"{self.flow.tiles} tile(s) at {self.flow.tiles_per_second:.2f} tiles/s; "
                 f"run {self.run_id}, model {self.model_id}")
 
@@ -122,18 +128,28 @@ class ShardWriter:
     """`on_shard` callback: stitch every scene of a finished shard, then commit it."""
 
     def __init__(self, fs: Any, root: str, source: Source, cfg: Config, summary: RunSummary,
-                 sizes: dict[str, tuple[int, float]]) -> None:
+                 refs: dict[str, SceneRef], replaced: dict[str, tuple[str, ...]]) -> None:
         self.fs, self.root, self.source, self.cfg, self.summary = fs, root, source, cfg, summary
-        self.sizes = sizes
+        self.refs, self.replaced = refs, replaced
         self.hash = config_hash(cfg.tiling) + source.model_id
 
     def __call__(self, results: list[SceneResult]) -> None:
         scenes = [self._stitched(r) for r in results]
         instances, table = build_shard_tables(scenes, self.source.model_id, self.summary.run_id,
                                               ("background",) + self.source.class_names)
+        versions = incremental.versions_digest(
+            (r.scene_id, ref.size, ref.mtime, ref.etag)
+            for r in results for ref in [self.refs[r.scene_id]])
         commit.write_shard(self.fs, self.root, instances=instances, scenes=table,
                            model_id=self.source.model_id, run_id=self.summary.run_id,
-                           config_hash=self.hash)
+                           config_hash=self.hash + versions)
+        drops: dict[str, set[str]] = {}
+        for r in results:
+            for part in self.replaced.get(r.scene_id, ()):
+                drops.setdefault(part, set()).add(r.scene_id)
+        if drops:  # the new rows are committed: now retire the old ones
+            incremental.retire(self.fs, self.root, self.source.model_id, self.summary.run_id, drops)
+            self.summary.scenes_replaced += sum(len(ids) for ids in drops.values())
         self.summary.shards_committed += 1
         self.summary.instances += instances.num_rows
         for r in results:
@@ -145,8 +161,9 @@ class ShardWriter:
                 log.warning("scene %s: %s: %s", r.scene_id, r.error_type, r.error_message)
 
     def _stitched(self, r: SceneResult) -> tuple[SceneInfo, list]:
-        size, mtime = self.sizes.get(r.scene_id, (None, None))
-        info = SceneInfo(scene_id=r.scene_id, source_size=size, source_mtime=mtime,
+        ref = self.refs[r.scene_id]
+        info = SceneInfo(scene_id=r.scene_id, source_size=ref.size, source_mtime=ref.mtime,
+                         source_etag=ref.etag,
                          seconds=round(r.seconds, 3), status="ok" if r.ok else "error",
                          error_type=r.error_type or None, error_message=r.error_message or None)
         if r.meta:
@@ -168,27 +185,45 @@ def _merge_threshold(cfg: Config) -> float:
     return min(cfg.tiling.merge_threshold, 0.999999)
 
 
-def run_inference(source: Source, input_uri: str, output_uri: str, cfg: Config) -> RunSummary:
-    """List, diff, predict, stitch and commit. Ray must already be initialised."""
+def run_inference(source: Source, input_uri: str, output_uri: str, cfg: Config,
+                  connect: Callable[[], None] = lambda: None) -> RunSummary:
+    """Lease, recover, list, diff, predict, stitch and commit. `connect` starts or joins Ray; it
+    is called only when there is work, so a run with nothing new returns in seconds. Raises
+    `lease.LeaseHeld` when another run is writing this output for this model."""
+    storage.configure(cfg.storage)
     fs, root = commit.open_root(output_uri)
     run_id = commit.new_run_id()
     summary = RunSummary(run_id, source.model_id)
-    commit.recover_shards(fs, root, source.model_id)
-    commit.clean_staging(fs, root)
-    listed = list_scenes(input_uri)
-    done = done_scene_ids(root, source.model_id, filesystem=fs)
-    todo = [s for s in listed if s.scene_id not in done]
-    summary.scenes_listed, summary.scenes_skipped = len(listed), len(listed) - len(todo)
+    with Lease(fs, root, source.model_id, run_id):
+        commit.recover_shards(fs, root, source.model_id)
+        commit.clean_staging(fs, root)
+        incremental.dedupe(fs, root, source.model_id, run_id)
+        listed = list_scenes(input_uri)
+        work = incremental.plan(listed, incremental.committed_scenes(fs, root, source.model_id))
+        summary.scenes_listed, summary.scenes_skipped = len(listed), work.unchanged
+        if not work.todo:
+            log.info("%d scene(s) listed, all done for model %s: nothing to do", len(listed),
+                     source.model_id)
+            return summary
+        connect()
+        _process(fs, root, source, cfg, input_uri, output_uri, work, summary)
+    return summary
+
+
+def _process(fs: Any, root: str, source: Source, cfg: Config, input_uri: str, output_uri: str,
+             work: incremental.Plan, summary: RunSummary) -> None:
+    todo, run_id = work.todo, summary.run_id
     record = commit.RunRecord(run_id, source.model_id,
                               {"config": config_to_dict(cfg), "model": source.model_config,
                                "input": input_uri, "output": output_uri},
                               config_hash(cfg), commit.code_version(), commit.utc_now_iso())
     commit.write_run_record(fs, root, record)
     shards = plan_shards([s.size or 0 for s in todo], cfg.infer.shard_scenes, SHARD_BYTES)
-    writer = ShardWriter(fs, root, source, cfg, summary,
-                         {s.scene_id: (s.size, s.mtime) for s in todo})
-    log.info("%d scene(s) listed, %d already done, %d to process in %d shard(s)",
-             len(listed), summary.scenes_skipped, len(todo), len(set(shards)))
+    writer = ShardWriter(fs, root, source, cfg, summary, {s.scene_id: s for s in todo},
+                         work.replaced)
+    log.info("%d scene(s) listed, %d already done, %d to process (%d replaced) in %d shard(s)",
+             summary.scenes_listed, summary.scenes_skipped, len(todo), len(work.replaced),
+             len(set(shards)))
     status = "failed"
     try:
         summary.flow = run_tiles([(s.scene_id, s.uri, k) for s, k in zip(todo, shards)], cfg,
@@ -197,6 +232,7 @@ def run_inference(source: Source, input_uri: str, output_uri: str, cfg: Config) 
     finally:
         counts = {"scenes_listed": summary.scenes_listed, "scenes_skipped": summary.scenes_skipped,
                   "scenes_ok": summary.scenes_ok, "scenes_error": summary.scenes_error,
+                  "scenes_replaced": summary.scenes_replaced,
                   "instances": summary.instances, "shards_committed": summary.shards_committed,
                   "tiles": summary.flow.tiles}
         commit.write_run_record(fs, root, replace(record, ended_at=commit.utc_now_iso(),
@@ -205,4 +241,3 @@ def run_inference(source: Source, input_uri: str, output_uri: str, cfg: Config) 
         # staging is removed (a run killed outright leaves that to the next run's recovery).
         commit.recover_shards(fs, root, source.model_id)
         commit.clean_staging(fs, root, run_ids=[run_id])
-    return summary

@@ -46,8 +46,12 @@ class TilePredictor:
     """
 
     def __init__(self, bundle_uri: str, device: str = "auto", batch_size: int = 4,
-                 amp: bool = True, threads: int | None = None) -> None:
+                 amp: bool = True, threads: int | None = None,
+                 storage: dict[str, Any] | None = None) -> None:
         from model.bundle import load_bundle  # torchvision import stays off the driver's path
+        from pipeline.storage import configure
+
+        configure(storage)  # a bundle in object storage: this process's endpoint and timeouts
 
         if threads:
             # One intra-op thread per reserved CPU: more threads than the actor's share only

@@ -7,7 +7,8 @@
 
 Only committed parts are read (staging lives in `_staging/`). A dataset with no file yet has no
 view, so a query naming it fails with DuckDB's "Table ... does not exist" - the error says which.
-Local paths for now; object storage comes with the storage layer (DuckDB's httpfs).
+An s3:// output is read through DuckDB's httpfs (pipeline/storage.py: offline extension package,
+endpoint and credentials from the storage settings and the AWS chain).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 
+from pipeline import storage
 from pipeline.errors import UsageError
 
 VIEWS = {
@@ -29,14 +31,24 @@ PATTERNS = {"instances": "instances/**/*.parquet", "scenes": "scenes/**/*.parque
 
 def connect(output: str | Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per dataset the output at `output` holds."""
-    root = Path(output)
-    if not root.is_dir():
-        raise UsageError(f"no inference output at {output}")
-    con = duckdb.connect()
+    output = str(output)
+    if storage.is_remote(output):
+        fs, path = storage.filesystem(output)
+        base, con = output.rstrip("/"), storage.duckdb_connect()
+        try:
+            present = {name: bool(fs.glob(f"{path}/{pattern}")) for name, pattern in PATTERNS.items()}
+        except Exception as exc:  # noqa: BLE001 - one line, whatever the backend said
+            raise storage.storage_error(exc, output) from None
+    else:
+        root = Path(output)
+        if not root.is_dir():
+            raise UsageError(f"no inference output at {output}")
+        base, con = str(root.resolve()), duckdb.connect()
+        present = {name: any(root.glob(pattern)) for name, pattern in PATTERNS.items()}
     found = []
     for name, source in VIEWS.items():
-        if any(root.glob(PATTERNS[name])):
-            quoted = str(root.resolve()).replace("'", "''")
+        if present[name]:
+            quoted = base.replace("'", "''")
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM {source.format(root=quoted)}")
             found.append(name)
     if not found:

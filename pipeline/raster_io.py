@@ -331,7 +331,8 @@ def _sniff_local_file(uri: str) -> str | None:
 
 def _open_error(exc: BaseException) -> SceneError:
     message = _gdal_message(exc)
-    if isinstance(exc, FileNotFoundError) or "No such file" in message or "404" in message:
+    if isinstance(exc, FileNotFoundError) or any(
+            text in message for text in ("No such file", "404", "key does not exist", "NoSuchKey")):
         return SceneError("not_found", message)
     if "not recognized as being in a supported file format" in message:
         return SceneError("unreadable", "not a GeoTIFF, PNG or JPEG file (unrecognised header)")

@@ -16,7 +16,14 @@ ids on every run and machine. The result is sorted by scene_id: deterministic.
   it; a missing file is kept too (size and mtime None) and becomes an error row when opened.
 
 A key that escapes the root ('..' past it, or an absolute path outside it) is refused: it has no
-scene_id. Only local paths (and file://) are listed for now; s3:// comes with object storage.
+scene_id.
+
+Object storage (s3:// and any fsspec URI, settings from pipeline/storage.py): a prefix is listed
+recursively (one paginated LIST, no per-object HEAD), a glob with fsspec's glob, a list file is
+read from the store with entries relative to its folder. Keys whose relative part has an empty,
+'.' or '..' segment, a backslash or a control character are skipped with a warning: GDAL and
+fsspec normalise such keys, so they could read an object other than the one listed. Remote refs
+carry the object's ETag beside size and mtime, so a replaced object is seen as changed.
 """
 
 from __future__ import annotations
@@ -46,15 +53,18 @@ class SceneRef:
     """One scene to process.
 
     scene_id: path relative to the input root, '/'-separated, never absolute, never '..'.
-    uri: absolute local path (symlinks kept as listed) that `raster_io.open_scene` opens.
+    uri: absolute local path (symlinks kept as listed), or the object's full URI
+        (s3://bucket/key), that `raster_io.open_scene` opens.
     size: bytes, or None when the file can't be stat'ed (listed but missing, broken symlink).
     mtime: modification time, seconds since the epoch, or None like size.
+    etag: the object's ETag (quotes stripped) on object storage; None for local files.
     """
 
     scene_id: str
     uri: str
     size: int | None
     mtime: float | None
+    etag: str | None = None
 
 
 def list_scenes(input_uri: str) -> list[SceneRef]:
@@ -62,7 +72,7 @@ def list_scenes(input_uri: str) -> list[SceneRef]:
     scene_id. Raises InputError (one line) when the input can't be listed."""
     path = input_uri[len("file://"):] if input_uri.startswith("file://") else input_uri
     if "://" in path:
-        raise InputError(f"only local inputs are supported for now, not {input_uri!r}")
+        return _sorted_unique(_list_remote(input_uri))
     if os.path.isdir(path):  # an existing path is literal, even with '[' in its name
         refs = [_ref(rel, full) for rel, full in _walk_files(Path(path)) if _is_image(rel)]
     elif os.path.isfile(path) and path.lower().endswith(LIST_FILE_EXTENSION):
@@ -74,6 +84,78 @@ def list_scenes(input_uri: str) -> list[SceneRef]:
     else:
         raise InputError(f"input not found: {input_uri}")
     return _sorted_unique(refs)
+
+
+def _list_remote(uri: str) -> list[SceneRef]:
+    from pipeline import storage
+
+    fs, path = storage.filesystem(uri)
+    protocol = uri.split("://", 1)[0]
+    path = path.rstrip("/")
+    try:
+        if _GLOB_CHARS & set(path):
+            root = path[:min(path.find(c) for c in _GLOB_CHARS if c in path)].rsplit("/", 1)[0]
+            found = fs.glob(path, detail=True)
+        elif path.lower().endswith(LIST_FILE_EXTENSION):
+            return _list_remote_file(fs, protocol, path)
+        else:
+            root = path
+            found = fs.find(path, detail=True)
+            if not found and fs.isfile(path):  # one object named directly
+                root, found = path.rsplit("/", 1)[0], {path: fs.info(path)}
+    except Exception as exc:  # noqa: BLE001 - one line naming the input, whatever the backend
+        raise storage.storage_error(exc, uri) from None
+    if not found:
+        raise InputError(f"input not found or empty: {uri}")
+    refs = []
+    for key, info in found.items():
+        if info.get("type") == "directory":
+            continue
+        rel = key[len(root):].lstrip("/")
+        if any(part.startswith(".") for part in rel.split("/")) or not _is_image(rel):
+            continue
+        if not _is_safe_key(rel):
+            log.warning("skipping object %r: its key has an empty, '.' or '..' segment, a "
+                        "backslash or a control character", key)
+            continue
+        refs.append(_remote_ref(rel, f"{protocol}://{key}", info))
+    return refs
+
+
+def _list_remote_file(fs, protocol: str, path: str) -> list[SceneRef]:
+    root = path.rsplit("/", 1)[0]
+    text = fs.cat_file(path).decode("utf-8", errors="replace")
+    refs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if "://" in entry or entry.startswith("/") or not _is_safe_key(entry):
+            raise InputError(f"{protocol}://{path}:{number}: {entry!r} must be a key relative "
+                             "to the list file's folder, without '..'")
+        key = f"{root}/{entry}"
+        try:
+            info = fs.info(key)
+        except FileNotFoundError:
+            info = {}  # kept: becomes a not_found error row, like a missing local file
+        refs.append(_remote_ref(entry, f"{protocol}://{key}", info))
+    return refs
+
+
+def _is_safe_key(rel: str) -> bool:
+    parts = rel.split("/")
+    return (all(part not in ("", ".", "..") for part in parts) and "\\" not in rel
+            and rel.isprintable())
+
+
+def _remote_ref(scene_id: str, uri: str, info: dict) -> SceneRef:
+    size = info.get("size")
+    modified = info.get("LastModified") or info.get("mtime") or info.get("last_modified")
+    mtime = modified.timestamp() if hasattr(modified, "timestamp") else modified
+    etag = info.get("ETag") or info.get("etag")
+    return SceneRef(scene_id=scene_id, uri=uri, size=None if size is None else int(size),
+                    mtime=None if mtime is None else float(mtime),
+                    etag=str(etag).strip('"') if etag else None)
 
 
 def _list_glob(pattern: str) -> list[SceneRef]:

@@ -21,12 +21,15 @@ from typing import Any
 import numpy as np
 
 from pipeline.raster_io import ReadLimits, SceneError, open_raster, open_scene, read_window, require_bands
+from pipeline.storage import configure as configure_storage
 from pipeline.tiling import grid_windows
 
 
 def plan_scene(item: dict[str, Any], tile_size: int, overlap: int, bands: tuple[int, ...],
-               max_pixels: int) -> list[dict[str, Any]]:
-    """Open a scene's header (never its pixels) and list its tiles; one error row on failure."""
+               max_pixels: int, storage: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Open a scene's header (never its pixels) and list its tiles; one error row on failure.
+    storage: `pipeline.storage.Resolved.to_dict()` for scenes in object storage."""
+    configure_storage(storage)
     base = {"scene_id": item["scene_id"], "uri": item["uri"], "shard": int(item["shard"]),
             "tile_size": tile_size, "overlap": overlap}
     try:
@@ -74,7 +77,8 @@ def _fill_values(fill: tuple[float, ...], dtype: np.dtype) -> np.ndarray:
 
 
 def read_tiles(batch: dict[str, np.ndarray], bands: tuple[int, ...],
-               fill: tuple[float, ...] | None) -> dict[str, np.ndarray]:
+               fill: tuple[float, ...] | None, storage: dict[str, Any] | None = None
+               ) -> dict[str, np.ndarray]:
     """Read each row's window (C = len(bands), T = tile_size) with a windowed read.
 
     Pixels outside the scene or marked nodata are set to `fill` (the model's per-band mean, so
@@ -82,6 +86,7 @@ def read_tiles(batch: dict[str, np.ndarray], bands: tuple[int, ...],
     with no valid pixel is marked `skip`. A read that fails mid-file (a truncated scene) marks
     the row as an error. `image` is (N, C, T, T) in `tile_dtype` of the batch's scenes.
     """
+    configure_storage(storage)
     n = len(batch["scene_id"])
     size = int(batch["tile_size"][0]) if n else 0
     skip = batch["skip"].astype(bool).copy()

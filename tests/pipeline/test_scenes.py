@@ -120,8 +120,6 @@ def test_symlink_loops_terminate_and_aliases_are_not_listed_twice(archive, tmp_p
 def test_unsupported_or_missing_inputs(tmp_path):
     with pytest.raises(InputError, match="not found"):
         list_scenes(str(tmp_path / "nope"))
-    with pytest.raises(InputError, match="only local"):
-        list_scenes("s3://bucket/prefix/")
     with pytest.raises(InputError, match="not found"):
         list_scenes(str(tmp_path / "nope" / "*.tif"))
 
