@@ -53,6 +53,9 @@ def setup_logging(debug: bool = False, quiet: bool = False) -> None:
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", force=True)
+    # AWS clients log every credential lookup and retry at INFO: noise, unless debugging.
+    for name in ("botocore", "aiobotocore", "s3fs", "urllib3"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

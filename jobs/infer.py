@@ -3,7 +3,10 @@
     maskray infer --model BUNDLE --input DIR_OR_GLOB_OR_LIST --output DIR [--config F] [--set k=v]
     maskray infer --predictor labels:COCO_JSON_OR_GEOJSON_DIR --input ... --output ...
 
-Re-running the same command does no work; scenes added since are the only ones processed.
+Re-running the same command does no work; scenes added or replaced since are the only ones
+processed, so a scheduler can simply run it again (two runs at once: one works, one exits 0).
+Inputs, outputs and bundles may be s3:// URIs (storage.* config keys, credentials from the
+environment or the AWS credential chain).
 Exit codes: 0 ok; 1 when the share of failed scenes exceeds --max-error-rate (after every
 processable scene was processed and committed); 2 usage errors.
 """
@@ -42,9 +45,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline import storage
     from pipeline.infer import bundle_tiling, labels_source, model_source, run_inference
+    from pipeline.lease import LeaseHeld
 
     cfg = config_from_args(args)
+    storage.configure(cfg.storage)
+    for uri in (args.input, args.output, args.model or ""):
+        storage.check_uri(uri)
     max_error_rate = cfg.infer.max_error_rate if args.max_error_rate is None else args.max_error_rate
     if bool(args.model) == bool(args.predictor):
         raise UsageError("give exactly one of --model BUNDLE or --predictor labels:PATH")
@@ -57,8 +65,12 @@ def run(args: argparse.Namespace) -> int:
         if not section_given(args, "tiling"):  # the bundle's tile policy, unless overridden
             cfg = bundle_tiling(args.model, cfg)
         source = model_source(args.model, cfg)
-    init_ray(args.address)
-    summary = run_inference(source, args.input, args.output, cfg)
+    try:
+        summary = run_inference(source, args.input, args.output, cfg,
+                                connect=lambda: init_ray(args.address))
+    except LeaseHeld as held:
+        print(f"maskray infer: {held}", file=sys.stderr)
+        return 0
     print(summary.line())
     for scene_id, error_type, message in summary.errors[:20]:
         print(f"  error {scene_id}: {error_type}: {message}")

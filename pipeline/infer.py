@@ -191,15 +191,20 @@ def run_inference(source: Source, input_uri: str, output_uri: str, cfg: Config,
     is called only when there is work, so a run with nothing new returns in seconds. Raises
     `lease.LeaseHeld` when another run is writing this output for this model."""
     storage.configure(cfg.storage)
-    fs, root = commit.open_root(output_uri)
     run_id = commit.new_run_id()
     summary = RunSummary(run_id, source.model_id)
-    with Lease(fs, root, source.model_id, run_id):
-        commit.recover_shards(fs, root, source.model_id)
-        commit.clean_staging(fs, root)
-        incremental.dedupe(fs, root, source.model_id, run_id)
+    with storage.translating_errors(output_uri):
+        fs, root = commit.open_root(output_uri)
+        lease = Lease(fs, root, source.model_id, run_id)
+        lease.acquire()
+    with lease:
+        with storage.translating_errors(output_uri):
+            commit.recover_shards(fs, root, source.model_id)
+            commit.clean_staging(fs, root)
+            incremental.dedupe(fs, root, source.model_id, run_id)
+            committed = incremental.committed_scenes(fs, root, source.model_id)
         listed = list_scenes(input_uri)
-        work = incremental.plan(listed, incremental.committed_scenes(fs, root, source.model_id))
+        work = incremental.plan(listed, committed)
         summary.scenes_listed, summary.scenes_skipped = len(listed), work.unchanged
         if not work.todo:
             log.info("%d scene(s) listed, all done for model %s: nothing to do", len(listed),

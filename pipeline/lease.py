@@ -51,7 +51,8 @@ class Lease:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "Lease":
-        self.acquire()
+        if self._thread is None:  # not acquired yet
+            self.acquire()
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -35,10 +35,8 @@ def connect(output: str | Path) -> duckdb.DuckDBPyConnection:
     if storage.is_remote(output):
         fs, path = storage.filesystem(output)
         base, con = output.rstrip("/"), storage.duckdb_connect()
-        try:
+        with storage.translating_errors(output):
             present = {name: bool(fs.glob(f"{path}/{pattern}")) for name, pattern in PATTERNS.items()}
-        except Exception as exc:  # noqa: BLE001 - one line, whatever the backend said
-            raise storage.storage_error(exc, output) from None
     else:
         root = Path(output)
         if not root.is_dir():

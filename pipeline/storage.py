@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import fsspec
@@ -270,6 +271,22 @@ def _sql_literal(value: Any) -> str:
 
 _CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden",
                      "403", "ExpiredToken", "InvalidToken")
+
+
+@contextmanager
+def translating_errors(uri: str) -> Iterator[None]:
+    """Turn a failed storage call inside the block into one `StorageError` line about `uri`
+    (credentials, missing bucket, unreachable endpoint); our own errors pass through."""
+    try:
+        yield
+    except MaskrayError:
+        raise
+    except (OSError, ValueError) as exc:  # s3fs maps botocore errors to OSError subclasses
+        raise storage_error(exc, uri) from None
+    except Exception as exc:  # noqa: BLE001 - botocore's own exception classes
+        if type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs", "aiohttp"):
+            raise storage_error(exc, uri) from None
+        raise
 
 
 def storage_error(exc: BaseException, uri: str) -> StorageError:
