@@ -36,6 +36,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--input", required=True, metavar="URI",
                         help="directory, glob, or .txt list of GeoTIFF/COG/PNG/JPEG scenes")
     parser.add_argument("--output", required=True, metavar="URI", help="output root")
+    parser.add_argument("--run-id", default=os.environ.get("MASKRAY_RUN_ID"), metavar="ID",
+                        help="id of this run's record, e.g. the Ray Jobs submission id "
+                             "(default: $MASKRAY_RUN_ID, else a new time-ordered id)")
     parser.add_argument("--max-error-rate", type=float, default=None, metavar="R",
                         help="fail (exit 1) only when more than this share of scenes failed "
                              "(default: infer.max_error_rate, 0)")
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         source = model_source(args.model, cfg)
     try:
         summary = run_inference(source, args.input, args.output, cfg,
-                                connect=lambda: init_ray(args.address))
+                                connect=lambda: init_ray(args.address), run_id=args.run_id)
     except LeaseHeld as held:
         print(f"maskray infer: {held}", file=sys.stderr)
         return 0

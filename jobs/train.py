@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs._cli import add_ray_arguments, init_ray, new_parser, run_job
+from pipeline import storage
 from pipeline.config import add_config_arguments, config_from_args
 from pipeline.errors import UsageError
 
@@ -61,22 +62,22 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.config import config_to_dict, dump_yaml
 
     cfg, out = _resolve_run(args)
-    out.mkdir(parents=True, exist_ok=True)
     split = _split(cfg)
     if cfg.model.image_mean is None:
         cfg = _with_band_statistics(cfg, split["train"])
-    (out / CONFIG_FILE).write_text(dump_yaml(cfg))
+    out.write_text(CONFIG_FILE, dump_yaml(cfg))
     init_ray(args.address, log_to_driver=True, dashboard=True)
     cpus = float(ray.cluster_resources().get("CPU", 1))
     per_worker = max(1.0, math.floor(cpus / cfg.train.num_workers)) if not cfg.train.use_gpu else 1.0
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config_to_dict(cfg), "out": str(out),
+        train_loop_config={"config": config_to_dict(cfg), "out": out.uri,
+                           "storage": storage.resolve(cfg.storage).to_dict(),
                            "threads": int(per_worker), **split},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": per_worker}),
         run_config=RunConfig(
-            name=RUN_NAME, storage_path=str(out / "ray"),
+            name=RUN_NAME, **out.ray_storage(cfg.storage),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.train.keep_checkpoints,
                 checkpoint_score_attribute="segm_AP" if split["validate"] else None,
@@ -88,44 +89,94 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = best or result.checkpoint
     if checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
-    bundle = export_bundle(checkpoint, cfg, out / "bundle")
+    bundle = export_bundle(checkpoint, cfg, out.join("bundle"))
     metrics = bundle.metrics
     print(f"maskray train: {cfg.train.epochs} epoch(s) on {cfg.train.num_workers} worker(s) in "
           f"{time.perf_counter() - start:.0f} s; bundle from epoch {metrics.get('epoch')}: loss "
           f"{metrics.get('loss', float('nan')):.3f}"
           + (f", mask AP {metrics['segm_AP']:.3f}, AP50 {metrics['segm_AP50']:.3f}"
              if "segm_AP" in metrics else "")
-          + f"; bundle {out / 'bundle'} (model id {bundle.model_id}); metrics "
-          f"{out / 'metrics.jsonl'}")
+          + f"; bundle {out.join('bundle')} (model id {bundle.model_id}); metrics "
+          f"{out.join('metrics.jsonl')}")
     return 0
 
 
 def _resolve_run(args: argparse.Namespace):
-    """(config, run directory). A new run refuses a directory that already holds one; --resume
+    """(config, RunDir). A new run refuses a directory that already holds one; --resume
     starts from that run's saved config (+ --set) and keeps its directory."""
     from pipeline.config import load_config
 
     if args.resume:
-        out = Path(args.resume).resolve()
-        if not (out / CONFIG_FILE).is_file() or not (out / "ray" / RUN_NAME).is_dir():
+        # Where the run lives needs the storage keys before its saved config can be read.
+        given = [o for o in args.overrides if o.strip().startswith("storage.")]
+        storage.configure(load_config(None, given).storage)
+        out = RunDir(args.resume)
+        if not out.exists(CONFIG_FILE) or not out.exists(f"ray/{RUN_NAME}"):
             raise UsageError(f"--resume {args.resume}: no training run there (no {CONFIG_FILE} "
                              f"and ray/{RUN_NAME})")
         if args.config:
             raise UsageError("--resume uses the run's saved config; change keys with --set")
-        cfg = load_config(out / CONFIG_FILE, [*args.overrides, f"train.out={out}"])
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = Path(tmp) / CONFIG_FILE
+            saved.write_text(out.read_text(CONFIG_FILE))
+            cfg = load_config(saved, [*args.overrides, f"train.out={out.uri}"])
+        storage.configure(cfg.storage)
     else:
         cfg = config_from_args(args)
-        out = Path(cfg.train.out).resolve()
-        if (out / "ray" / RUN_NAME).exists():
+        storage.configure(cfg.storage)
+        out = RunDir(cfg.train.out)
+        if out.exists(f"ray/{RUN_NAME}"):
             raise UsageError(f"{cfg.train.out} already holds a training run: continue it with "
                              f"--resume {cfg.train.out}, or set another train.out")
     for key in ("data", "val_data"):
         path = getattr(cfg.train, key)
         if key == "data" and not path:
             raise UsageError("train.data is not set: --set train.data=PATH/annotations.json")
+        if path and storage.is_remote(path):
+            raise UsageError(f"train.{key} must be a local path (or a mounted volume) for now, "
+                             f"not {path}; train.out may be s3://")
         if path and not Path(path).exists():
             raise UsageError(f"training labels not found: {path} (train.{key})")
     return cfg, out
+
+
+class RunDir:
+    """A training run's directory, local or in object storage (train.out = s3://...): the
+    config, metrics.jsonl, Ray Train's checkpoints under ray/, and the exported bundle/."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri.rstrip("/") if storage.is_remote(uri) else str(Path(uri).resolve())
+        self.fs, self.path = storage.filesystem(self.uri)
+
+    def join(self, name: str) -> str:
+        return f"{self.uri}/{name}"
+
+    def exists(self, name: str) -> bool:
+        with storage.translating_errors(self.uri):
+            return self.fs.exists(f"{self.path}/{name}")
+
+    def read_text(self, name: str) -> str:
+        return self.fs.cat_file(f"{self.path}/{name}").decode()
+
+    def write_text(self, name: str, text: str) -> None:
+        """Replace `name` whole: one PUT in object storage, write-then-rename locally."""
+        with storage.translating_errors(self.uri):
+            if storage.is_remote(self.uri):
+                self.fs.pipe_file(f"{self.path}/{name}", text.encode())
+                return
+            target = Path(self.path) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(target)
+
+    def ray_storage(self, settings) -> dict[str, Any]:
+        """RunConfig keywords: Ray Train's checkpoints under <run>/ray, through a pyarrow S3
+        filesystem built from the storage settings when the run is in object storage."""
+        if storage.is_remote(self.uri):
+            return {"storage_path": f"{self.path}/ray",
+                    "storage_filesystem": storage.arrow_filesystem(settings)}
+        return {"storage_path": f"{self.path}/ray"}
 
 
 def _split(cfg) -> dict[str, Any]:
@@ -155,7 +206,7 @@ def _with_band_statistics(cfg, subset):
                                                               image_std=std))
 
 
-def export_bundle(checkpoint, cfg, path: Path):
+def export_bundle(checkpoint, cfg, path: str):
     """The checkpoint's weights as a model bundle carrying the training config and the metrics of
     the checkpoint's epoch (losses, validation AP)."""
     import torch
@@ -190,9 +241,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from model.validation import epoch_metrics, shard_indices, validate_shard
     from pipeline.config import config_from_dict
 
+    storage.configure(loop_config["storage"])
     cfg = config_from_dict(loop_config["config"])
     tc = cfg.train
-    out = Path(loop_config["out"])
+    out = RunDir(loop_config["out"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(tc.seed + rank)
@@ -287,11 +339,9 @@ def _epoch_line(m: dict[str, Any], epochs: int) -> str:
     return line
 
 
-def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
-    """OUT/metrics.jsonl: one JSON line per finished epoch, replaced whole (write then rename)."""
-    tmp = out / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(m) + "\n" for m in history))
-    tmp.replace(out / "metrics.jsonl")
+def _write_metrics(out: RunDir, history: list[dict[str, Any]]) -> None:
+    """OUT/metrics.jsonl: one JSON line per finished epoch, replaced whole."""
+    out.write_text("metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
 
 
 def _mean_over_workers(losses: dict[str, float], dist, device) -> dict[str, float]:

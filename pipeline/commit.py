@@ -277,6 +277,11 @@ def new_run_id() -> str:
     return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(4)}"
 
 
+def is_safe_id(value: str) -> bool:
+    """Whether `value` may name a run or model in paths (letters, digits, '.', '_', '-')."""
+    return bool(_SAFE_ID.match(value))
+
+
 def utc_now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 

@@ -58,13 +58,17 @@ def actor_pool_shape(cfg: Config, uses_gpu: bool) -> tuple[int, float, float]:
 
     GPU clusters: one actor per GPU (`infer.num_actors` caps it). CPU-only: `num_actors`
     (default 1) actors with `infer.actor_cpus` each, but never so many that no CPU is left for
-    the read tasks.
+    the read tasks. `infer.device: cuda` on a cluster with no GPU node up yet (an autoscaling
+    GPU group at zero) asks for `num_actors` (default 1) GPU actors anyway: the autoscaler adds
+    the nodes, where `auto` would have fallen back to the CPU.
     """
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
     if uses_gpu and gpus > 0:
         size = min(cfg.infer.num_actors or gpus, gpus)
         return size, min(cfg.infer.actor_cpus, max(cpus / size - 1, 0.0)), 1.0
+    if cfg.infer.device == "cuda":
+        return cfg.infer.num_actors or 1, cfg.infer.actor_cpus, 1.0
     size = cfg.infer.num_actors or 1
     per_actor = cfg.infer.actor_cpus
     if size * per_actor > cpus - 1:  # keep one CPU for planning and reading

@@ -186,12 +186,16 @@ def _merge_threshold(cfg: Config) -> float:
 
 
 def run_inference(source: Source, input_uri: str, output_uri: str, cfg: Config,
-                  connect: Callable[[], None] = lambda: None) -> RunSummary:
+                  connect: Callable[[], None] = lambda: None,
+                  run_id: str | None = None) -> RunSummary:
     """Lease, recover, list, diff, predict, stitch and commit. `connect` starts or joins Ray; it
-    is called only when there is work, so a run with nothing new returns in seconds. Raises
+    is called only when there is work, so a run with nothing new returns in seconds. `run_id`
+    (default: a new time-ordered id) names the run record, e.g. a Ray Jobs submission id. Raises
     `lease.LeaseHeld` when another run is writing this output for this model."""
     storage.configure(cfg.storage)
-    run_id = commit.new_run_id()
+    run_id = run_id or commit.new_run_id()
+    if not commit.is_safe_id(run_id):
+        raise UsageError(f"run id {run_id!r} must be letters, digits, '.', '_' or '-'")
     summary = RunSummary(run_id, source.model_id)
     with storage.translating_errors(output_uri):
         fs, root = commit.open_root(output_uri)

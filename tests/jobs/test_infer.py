@@ -227,3 +227,14 @@ def test_geojson_labels_come_back_once_with_their_geometry_in_crs_units(ray_loca
     frame = geopandas.read_parquet(part)
     assert frame.crs.to_epsg() == 32633 and len(frame) > 0
     assert frame.geometry.is_valid.all()
+
+
+def test_actor_pool_asks_for_gpus_an_autoscaler_can_add(ray_local):
+    from pipeline.config import load_config
+    from pipeline.dataflow import actor_pool_shape
+
+    # This cluster has 2 CPUs and no GPU: `auto` runs on the CPU and leaves one for the reads;
+    # an explicit `cuda` asks for GPU actors that an autoscaling GPU group would add.
+    assert actor_pool_shape(load_config(), uses_gpu=True) == (1, 1.0, 0.0)
+    cuda = load_config(overrides=["infer.device=cuda", "infer.num_actors=3"])
+    assert actor_pool_shape(cuda, uses_gpu=True) == (3, 1.0, 1.0)

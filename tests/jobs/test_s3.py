@@ -150,3 +150,58 @@ def test_seaweedfs_checks_credentials_and_keeps_outputs_across_a_restart(
         assert "3 already done" in capsys.readouterr().out
     finally:
         server.stop()
+
+
+def test_training_checkpoints_metrics_and_bundle_in_s3_and_resume_from_there(
+        ray_local, moto_s3, tmp_path, capsys):
+    from jobs import train as train_job
+
+    chips = tmp_path / "chips"
+    assert synth_job.main(["--out", str(chips), "--chips", "--count", "4", "--chip-size", "128",
+                           "--seed", "2", "--quiet"]) == 0
+    run = moto_s3.uri("runs", "r1")
+    endpoint = ["--set", f"storage.endpoint_url={moto_s3.endpoint}"]
+    args = ["--set", f"train.data={chips / 'annotations.json'}", "--set", f"train.out={run}",
+            "--set", "train.batch_size=2", "--set", "train.num_workers=1",
+            "--set", "train.warmup_steps=1", "--set", "train.epochs=1",
+            "--set", "tiling.tile_size=128", "--set", "tiling.overlap=32",
+            "--set", "model.backbone=resnet18_fpn",
+            "--set", "model.classes=[building,vehicle,ship,tree]",
+            "--set", "model.min_size=128", "--set", "model.max_size=128",
+            "--set", "model.box_batch_size_per_image=32",
+            "--set", "model.rpn_batch_size_per_image=32", *endpoint]
+    assert train_job.main(args) == 0, capsys.readouterr().err
+    fs, root = storage.filesystem(run)
+    assert {"config.yaml", "metrics.jsonl", "bundle", "ray"} <= {
+        p.rsplit("/", 1)[-1] for p in fs.ls(root)}
+    assert fs.glob(f"{root}/ray/maskray-train/checkpoint_*/state.pt")
+    assert train_job.main(args) == 2  # the run exists there: refused without --resume
+    assert train_job.main(["--resume", run, "--set", "train.epochs=2", *endpoint]) == 0
+    metrics = [json.loads(line) for line in fs.cat_file(f"{root}/metrics.jsonl").splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2] and metrics[1].get("resumed") is True
+    from model.bundle import load_bundle
+
+    assert load_bundle(f"{run}/bundle").metrics["epoch"] == 2
+
+
+def test_two_runs_started_at_once_one_works_the_other_does_nothing(moto_s3, archive, tmp_path):
+    prefix = "twice"
+    upload_tree(moto_s3.endpoint, archive / "scenes", moto_s3.bucket, f"{prefix}/scenes")
+    out = moto_s3.uri(prefix, "out")
+    command = [sys.executable, "-m", "jobs.infer", "--predictor",
+               f"labels:{archive / 'annotations.json'}", "--input", moto_s3.uri(prefix),
+               "--output", out, "--set", f"storage.endpoint_url={moto_s3.endpoint}", *TILING]
+    procs = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+    assert [code for _, _, code in results] == [0, 0], results
+    worked = [r for r in results if "3 scene(s) ok" in r[0]]
+    # The second run finds the first one's lease (taken before Ray starts) and does nothing.
+    idle = [r for r in results if "is writing this output for this model" in r[1]]
+    assert len(worked) == 1 and len(idle) == 1, results
+    storage.configure(storage.StorageConfig(endpoint_url=moto_s3.endpoint))
+    local = tmp_path / "local"
+    assert _replay(archive / "annotations.json", str(archive), str(local), moto_s3.endpoint) == 0
+    assert _rows(out) == _rows(str(local))
+    fs, root = storage.filesystem(out)
+    assert not fs.glob(f"{root}/_locks/*.json")  # the lease is released
