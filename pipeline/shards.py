@@ -67,7 +67,9 @@ class SceneResult:
         elif row["skip"] and not row["error_type"]:
             self.tiles_skipped += 1
         if not row["skip"] and int(row["tile_index"]) >= 0:
-            self.detections[int(row["tile_index"])] = list(row["detections"])
+            # A batch whose every tile found nothing reaches the driver as None, not [] (the
+            # object column of empty lists has no type for Ray Data to keep).
+            self.detections[int(row["tile_index"])] = list(row["detections"] or ())
 
     def finalise(self) -> None:
         """Turn an all-nodata scene into an error once every tile is in."""
