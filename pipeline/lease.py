@@ -4,7 +4,8 @@ A run creates `<root>/_locks/model=<id>.json` with an exclusive create (O_EXCL l
 conditional PUT, `If-None-Match: *`, on S3) and rewrites its heartbeat every `stale_s / 4`
 seconds from a background thread. A second run that finds a live lease stops at once and does
 nothing (exit 0: a scheduler firing twice is not an error). A lease whose heartbeat is older than
-`stale_s` belongs to a killed run and is taken over. Even without the lease nothing is duplicated
+`stale_s` belongs to a killed run and is taken over; so is one whose process, on this host, is
+gone. Even without the lease nothing is duplicated
 (shard names are deterministic); the lease saves the second run's work and keeps runs that list
 at different moments from planning different shards over the same scenes.
 """
@@ -71,12 +72,12 @@ class Lease:
                 return
             holder = self._read()
             age = time.time() - float(holder.get("heartbeat", 0))
-            if holder and age <= self.stale_s:
+            if holder and age <= self.stale_s and not _dead_here(holder):
                 raise LeaseHeld(f"run {holder.get('run_id')} on {holder.get('host')} is writing "
                                 f"this output for this model (heartbeat {age:.0f} s ago); "
                                 "nothing to do", holder)
-            log.warning("taking over the lease of run %s (no heartbeat for %.0f s: killed)",
-                        holder.get("run_id", "?"), age)
+            log.warning("taking over the lease of run %s (killed: no heartbeat for %.0f s, or "
+                        "its process on this host is gone)", holder.get("run_id", "?"), age)
             self._remove_if(holder)
         raise LeaseHeld("another run took the lease at the same moment; nothing to do", {})
 
@@ -110,6 +111,18 @@ class Lease:
                 self.fs.rm(self.path)
         except FileNotFoundError:
             pass
+
+
+def _dead_here(holder: dict[str, Any]) -> bool:
+    """Whether the holder ran on this host and its process is gone (a killed driver's lease need
+    not wait out `stale_s` when it is rerun on the same machine)."""
+    import psutil
+
+    try:
+        return holder.get("host") == socket.gethostname() and not psutil.pid_exists(
+            int(holder.get("pid", -1)))
+    except (TypeError, ValueError):
+        return False
 
 
 def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:

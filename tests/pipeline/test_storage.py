@@ -4,6 +4,10 @@ GeoTIFF reads, the commit protocol, the lease, and DuckDB over s3://."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -154,6 +158,14 @@ def test_the_lease_admits_one_run_and_is_taken_over_when_stale(s3_prefix):
     with Lease(fs, root, "m1", "run-d") as lease:
         assert json.loads(fs.cat_file(lease.path))["run_id"] == "run-d"
     assert not fs.exists(f"{root}/_locks/model=m1.json")
+    # a fresh heartbeat, but the holder's process on this host is gone: a killed driver's rerun
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = {"run_id": "killed", "host": socket.gethostname(), "pid": int(gone.stdout),
+            "heartbeat": time.time()}
+    fs.pipe_file(f"{root}/_locks/model=m1.json", json.dumps(dead).encode())
+    with Lease(fs, root, "m1", "run-e") as lease:
+        assert json.loads(fs.cat_file(lease.path))["run_id"] == "run-e"
 
 
 def test_duckdb_reads_an_output_on_s3(s3_prefix):
