@@ -18,6 +18,7 @@ run leaves it, in parts of --shard rows). Timed, per store, --reps times (median
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from objectstore import client, start_seaweed  # noqa: E402  (tests/objectstore.py)
+from objectstore import TEST_KEY_ID, TEST_SECRET, client, start_seaweed  # noqa: E402
 
 from pipeline import commit, incremental, storage  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
@@ -62,8 +63,9 @@ def _median_s(fn, reps: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def measure(name: str, input_uri: str, output: str, put, n: int, shard: int, reps: int) -> dict:
-    cfg = load_config()
+def measure(name: str, input_uri: str, output: str, put, n: int, shard: int, reps: int,
+            endpoint: str = "") -> dict:
+    cfg = load_config(overrides=[f"storage.endpoint_url={endpoint}"] if endpoint else [])
     source = Source(PredictorSpec(object, {}, (1,), None, False), MODEL, ("x",), {})
     refs = list_scenes(input_uri)
     assert len(refs) == n, (len(refs), n)
@@ -109,6 +111,8 @@ def main() -> int:
         rows.append(measure("local", str(local_in), str(tmp / "local-out"), put_local, n,
                             args.shard, args.reps))
 
+        # The local server's test credentials, as the test suite uses them.
+        os.environ.update(AWS_ACCESS_KEY_ID=TEST_KEY_ID, AWS_SECRET_ACCESS_KEY=TEST_SECRET)
         server = start_seaweed(tmp / "seaweed")
         try:
             storage.configure(storage.StorageConfig(endpoint_url=server.endpoint))
@@ -122,7 +126,7 @@ def main() -> int:
                 list(pool.map(lambda i: put_s3(f"scenes/s{i:06d}.tif", b"scene"), range(n)))
             print(f"uploaded {n} objects in {time.perf_counter() - start:.1f} s", file=sys.stderr)
             rows.append(measure("s3 (SeaweedFS)", server.uri("in"), server.uri("out"), put_s3, n,
-                                args.shard, args.reps))
+                                args.shard, args.reps, server.endpoint))
         finally:
             server.stop()
     cols = ["no-op run", "list", "committed", "plan +1%"]

@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("jobs.train", "train Mask R-CNN with Ray Train (DDP); exports a model bundle"),
     "evaluate": ("jobs.evaluate", "COCO mask/box AP of an inference output against ground truth"),
     "query": ("jobs.query", "SQL (DuckDB) over an output's instances, scenes and runs"),
+    "render": ("jobs.render", "PNG of a scene or window with its instance masks (and ground truth)"),
+    "report": ("jobs.report", "self-contained HTML report of an output: runs, failures, classes, AP"),
     "export": ("jobs.export", "COCO JSON, GeoJSON/GeoPackage/FlatGeobuf or class GeoTIFFs of an output"),
     "demo": ("jobs.demo", "generate data, train, infer, evaluate: the end-to-end demo"),
 }
