@@ -21,6 +21,7 @@ the last checkpoint (train.max_failures); a stopped run continues with --resume 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -61,10 +62,14 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.config import config_to_dict, dump_yaml
 
+    from model.datasets import localised
+
     cfg, out = _resolve_run(args)
-    split = _split(cfg)
+    local = localised(cfg)  # object-storage training data: a copy on this machine
+    split = _split(local)
     if cfg.model.image_mean is None:
-        cfg = _with_band_statistics(cfg, split["train"])
+        local = _with_band_statistics(local, split["train"])
+        cfg = dataclasses.replace(cfg, model=local.model)
     out.write_text(CONFIG_FILE, dump_yaml(cfg))
     init_ray(args.address, log_to_driver=True, dashboard=True)
     cpus = float(ray.cluster_resources().get("CPU", 1))
@@ -133,9 +138,11 @@ def _resolve_run(args: argparse.Namespace):
         if key == "data" and not path:
             raise UsageError("train.data is not set: --set train.data=PATH/annotations.json")
         if path and storage.is_remote(path):
-            raise UsageError(f"train.{key} must be a local path (or a mounted volume) for now, "
-                             f"not {path}; train.out may be s3://")
-        if path and not Path(path).exists():
+            fs, inner = storage.filesystem(path)
+            with storage.translating_errors(path):
+                if not fs.exists(inner):
+                    raise UsageError(f"training data not found: {path} (train.{key})")
+        elif path and not Path(path).exists():
             raise UsageError(f"training labels not found: {path} (train.{key})")
     return cfg, out
 
@@ -194,8 +201,6 @@ def _split(cfg) -> dict[str, Any]:
 def _with_band_statistics(cfg, subset):
     """cfg with model.image_mean / image_std measured on the training images (so the bundle
     carries the normalisation it was trained with)."""
-    import dataclasses
-
     from model.chips import band_statistics
     from model.datasets import open_training_set
 
@@ -241,8 +246,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from model.validation import epoch_metrics, shard_indices, validate_shard
     from pipeline.config import config_from_dict
 
+    from model.datasets import localised
+
     storage.configure(loop_config["storage"])
-    cfg = config_from_dict(loop_config["config"])
+    # Remote training data: each node copies it once (workers on one node share the copy).
+    cfg = localised(config_from_dict(loop_config["config"]))
     tc = cfg.train
     out = RunDir(loop_config["out"])
     ctx = ray.train.get_context()

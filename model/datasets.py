@@ -5,11 +5,14 @@ chips on the fly (`SceneChips`). Both yield the same (image, target) items (see 
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from pipeline import storage
 from pipeline.config import Config
 
 
@@ -48,3 +51,30 @@ def count_items(cfg: Config, path: str) -> int:
     if is_scene_archive(path):
         return len(open_training_set(cfg, path))
     return count_images(path)
+
+
+def localised(cfg: Config) -> Config:
+    """`cfg` with object-storage training paths (train.data, val_data, data_root, labels)
+    replaced by node-local copies (`storage.local_copy`: fetched once per machine and version).
+    A JSON's whole folder is copied, since its images are named relative to it; a scene
+    directory without train.labels brings its sibling `labels/` as the local layout expects."""
+    tc, changes = cfg.train, {}
+    for key in ("data", "val_data"):
+        uri = getattr(tc, key)
+        if not (uri and storage.is_remote(uri)):
+            continue
+        if uri.lower().endswith(".json"):
+            folder, _, name = uri.rstrip("/").rpartition("/")
+            changes[key] = os.path.join(storage.local_copy(folder), name)
+            continue
+        changes[key] = storage.local_copy(uri)
+        if key == "data" and not tc.labels:
+            fs, path = storage.filesystem(uri)
+            sibling = path.rstrip("/").rsplit("/", 1)[0] + "/labels"
+            if not fs.exists(path.rstrip("/") + "/labels") and fs.exists(sibling):
+                changes["labels"] = storage.local_copy(uri.rstrip("/").rsplit("/", 1)[0] + "/labels")
+    for key in ("data_root", "labels"):
+        uri = getattr(tc, key)
+        if uri and storage.is_remote(uri) and key not in changes:
+            changes[key] = storage.local_copy(uri)
+    return dataclasses.replace(cfg, train=dataclasses.replace(tc, **changes)) if changes else cfg

@@ -305,3 +305,59 @@ def storage_error(exc: BaseException, uri: str) -> StorageError:
         return StorageError(f"{uri}: storage endpoint unreachable ({text}); check "
                             "storage.endpoint_url / AWS_ENDPOINT_URL and the network")
     return StorageError(f"{uri}: storage request failed: {type(exc).__name__}: {text}")
+
+
+# ----------------------------------------------------------------------------- local copies
+
+
+def cache_root() -> str:
+    """Node-local cache for copies of remote training data: $MASKRAY_CACHE, else
+    ~/.cache/maskray."""
+    return os.environ.get("MASKRAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                           "maskray")
+
+
+def local_copy(uri: str, name: str | None = None) -> str:
+    """A local directory holding every object under the prefix `uri` (or the one object `uri`),
+    downloaded once per machine and version: the cache key covers each object's key, size and
+    ETag, so a changed prefix is fetched again. Processes on one machine (training workers)
+    share it: one downloads under a file lock while the others wait. `name`: the last path
+    component of the copy (default: the prefix's own), so sibling folders can be laid out as
+    they are remotely. Returns the local path of `uri`'s copy."""
+    import fcntl
+    import hashlib
+    import json
+    import shutil
+    import tempfile
+
+    fs, path = filesystem(uri)
+    path = path.rstrip("/")
+    with translating_errors(uri):
+        found = fs.find(path, detail=True) or ({path: fs.info(path)} if fs.isfile(path) else {})
+    found = {k: v for k, v in found.items() if v.get("type") != "directory"}
+    if not found:
+        raise StorageError(f"{uri}: not found or empty")
+    single = list(found) == [path]
+    listing = sorted((k, v.get("size"), str(v.get("ETag") or v.get("etag") or "")) for k, v in found.items())
+    digest = hashlib.sha256(json.dumps([uri, listing]).encode()).hexdigest()[:16]
+    base = os.path.join(cache_root(), "data", digest)
+    target = os.path.join(base, name or path.rsplit("/", 1)[-1])
+    if os.path.exists(target):
+        return target
+    os.makedirs(base, exist_ok=True)
+    with open(os.path.join(base, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if os.path.exists(target):
+            return target
+        tmp = tempfile.mkdtemp(prefix=".partial-", dir=base)
+        try:
+            with translating_errors(uri):
+                for key in sorted(found):
+                    rel = os.path.basename(key) if single else key[len(path):].lstrip("/")
+                    dest = os.path.join(tmp, rel)
+                    os.makedirs(os.path.dirname(dest), exist_ok=True)
+                    fs.get_file(key, dest)
+            os.replace(os.path.join(tmp, os.path.basename(path)) if single else tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ os.environ.update(AWS_ACCESS_KEY_ID=TEST_KEY_ID, AWS_SECRET_ACCESS_KEY=TEST_SECR
                   AWS_EC2_METADATA_DISABLED="true", AWS_REGION="us-east-1")
 for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
     os.environ.pop(_name, None)
+# Copies of remote training data go to a throwaway cache, not the user's ~/.cache.
+os.environ["MASKRAY_CACHE"] = tempfile.mkdtemp(prefix="maskray-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -152,16 +152,19 @@ def test_seaweedfs_checks_credentials_and_keeps_outputs_across_a_restart(
         server.stop()
 
 
-def test_training_checkpoints_metrics_and_bundle_in_s3_and_resume_from_there(
+def test_training_data_checkpoints_metrics_and_bundle_in_s3_and_resume_from_there(
         ray_local, moto_s3, tmp_path, capsys):
     from jobs import train as train_job
 
     chips = tmp_path / "chips"
     assert synth_job.main(["--out", str(chips), "--chips", "--count", "4", "--chip-size", "128",
                            "--seed", "2", "--quiet"]) == 0
+    # Training data, checkpoints, metrics and bundle all in object storage.
+    upload_tree(moto_s3.endpoint, chips, moto_s3.bucket, "training/chips")
     run = moto_s3.uri("runs", "r1")
     endpoint = ["--set", f"storage.endpoint_url={moto_s3.endpoint}"]
-    args = ["--set", f"train.data={chips / 'annotations.json'}", "--set", f"train.out={run}",
+    data = moto_s3.uri("training", "chips", "annotations.json")
+    args = ["--set", f"train.data={data}", "--set", f"train.out={run}",
             "--set", "train.batch_size=2", "--set", "train.num_workers=1",
             "--set", "train.warmup_steps=1", "--set", "train.epochs=1",
             "--set", "tiling.tile_size=128", "--set", "tiling.overlap=32",
