@@ -16,14 +16,15 @@ max-width:1180px;padding:0 16px;color:#1d1d1f;background:#fff}
 h1{font-size:22px;margin:0 0 8px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd;
 padding-bottom:4px}table{border-collapse:collapse;margin:8px 0 12px;font-size:13px}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
-th{background:#f3f3f3}td{max-width:520px;overflow-wrap:anywhere}
+th{background:#f3f3f3}td{max-width:520px;overflow-wrap:break-word}
 table.metrics td{text-align:right;font-variant-numeric:tabular-nums}
 .cards{display:flex;gap:10px;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:6px;
 padding:8px 14px;min-width:110px}.card b{display:block;font-size:22px}.card span{color:#555}
-.plots{display:flex;flex-wrap:wrap;gap:12px}.plots img{max-width:100%;height:auto}
+.plots{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}.plots img{max-width:100%;height:auto}
 .samples{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:14px}
-figure{margin:0}figure img{margin-right:6px;vertical-align:top;max-width:100%}
-figcaption{font-size:12px;color:#444}pre{background:#f7f7f7;padding:8px;overflow:auto}
+figure{margin:0;display:flex;flex-wrap:wrap;align-items:flex-start;gap:6px}
+figure img{max-width:calc(50% - 3px);height:auto}
+figcaption{font-size:12px;color:#444;flex-basis:100%}pre{background:#f7f7f7;padding:8px;overflow:auto}
 code{background:#f3f3f3;padding:0 3px}
 """
 
