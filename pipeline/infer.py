@@ -18,7 +18,8 @@ import hashlib
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from affine import Affine
 
@@ -27,6 +28,7 @@ from pipeline.config import Config, config_hash, config_to_dict
 from pipeline.dataflow import FlowStats, PredictorSpec, run_tiles
 from pipeline.errors import UsageError
 from pipeline.lease import Lease
+from pipeline.raster_io import StorageUnavailable
 from pipeline.rows import SceneInfo, build_shard_tables
 from pipeline.scenes import SceneRef, list_scenes
 from pipeline.shards import SceneResult, plan_shards
@@ -219,6 +221,39 @@ def run_inference(source: Source, input_uri: str, output_uri: str, cfg: Config,
     return summary
 
 
+@contextmanager
+def _storage_failures(input_uri: str, output_uri: str) -> Iterator[None]:
+    """One line for a run stopped by object storage: a store that stayed unavailable to a read
+    task (raised through Ray's wrappers) or that refused a commit. Shards committed before it
+    stay; the others were not committed, and a re-run does them."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - looking for the cause inside Ray's wrappers
+        if type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs"):
+            raise storage.storage_error(exc, output_uri) from None  # a commit the store refused
+        cause = _find_cause(exc, StorageUnavailable)
+        if cause is None:
+            raise
+        raise storage.StorageError(
+            f"{input_uri}: object store unavailable while reading scenes ({cause}); the shards "
+            "committed so far are kept, re-run to process the rest") from None
+
+
+def _find_cause(exc: BaseException, kind: type) -> BaseException | None:
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, kind):
+            return e
+        stack += [c for c in (e.__cause__, e.__context__, getattr(e, "cause", None))
+                  if isinstance(c, BaseException)]
+    return None
+
+
 def _process(fs: Any, root: str, source: Source, cfg: Config, input_uri: str, output_uri: str,
              work: incremental.Plan, summary: RunSummary) -> None:
     todo, run_id = work.todo, summary.run_id
@@ -235,8 +270,9 @@ def _process(fs: Any, root: str, source: Source, cfg: Config, input_uri: str, ou
              len(set(shards)))
     status = "failed"
     try:
-        summary.flow = run_tiles([(s.scene_id, s.uri, k) for s, k in zip(todo, shards)], cfg,
-                                 source.spec, writer)
+        with _storage_failures(input_uri, output_uri):
+            summary.flow = run_tiles([(s.scene_id, s.uri, k) for s, k in zip(todo, shards)], cfg,
+                                     source.spec, writer)
         status = "succeeded"
     finally:
         counts = {"scenes_listed": summary.scenes_listed, "scenes_skipped": summary.scenes_skipped,
@@ -244,9 +280,15 @@ def _process(fs: Any, root: str, source: Source, cfg: Config, input_uri: str, ou
                   "scenes_replaced": summary.scenes_replaced,
                   "instances": summary.instances, "shards_committed": summary.shards_committed,
                   "tiles": summary.flow.tiles}
-        commit.write_run_record(fs, root, replace(record, ended_at=commit.utc_now_iso(),
-                                                  status=status, counts=counts))
-        # A shard interrupted between its moves was staged whole: finish it before this run's
-        # staging is removed (a run killed outright leaves that to the next run's recovery).
-        commit.recover_shards(fs, root, source.model_id)
-        commit.clean_staging(fs, root, run_ids=[run_id])
+        try:
+            commit.write_run_record(fs, root, replace(record, ended_at=commit.utc_now_iso(),
+                                                      status=status, counts=counts))
+            # A shard interrupted between its moves was staged whole: finish it before this
+            # run's staging is removed (a run killed outright leaves that to the next run).
+            commit.recover_shards(fs, root, source.model_id)
+            commit.clean_staging(fs, root, run_ids=[run_id])
+        except Exception as exc:  # noqa: BLE001 - keep the error that ended the run
+            if status == "succeeded":
+                raise
+            # The store that failed the run fails this too; the next run recovers and cleans.
+            log.warning("run record and clean-up not written (%s)", exc)

@@ -82,12 +82,19 @@ class Lease:
         raise LeaseHeld("another run took the lease at the same moment; nothing to do", {})
 
     def release(self) -> None:
+        """Stop the heartbeat and delete the lease. Never raises: a run ending because the store
+        went away cannot delete it either, and its own error is the one to report; the lease
+        then goes stale (or is taken over at once from this host once the process is gone)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        holder = self._read()
-        if holder.get("run_id") == self.run_id:
-            self._remove_if(holder)
+        try:
+            holder = self._read()
+            if holder.get("run_id") == self.run_id:
+                self._remove_if(holder)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.warning("could not release the output lease (%s); it expires in %.0f s",
+                        exc, self.stale_s)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.stale_s / 4):
@@ -140,6 +147,10 @@ def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> 
         fs.pipe_file(path, data, mode="create")  # s3fs: a conditional PUT (If-None-Match: *)
     except FileExistsError:
         return False
+    except OSError as exc:  # 412 Precondition Failed reaches s3fs's caller as EINVAL
+        if "pre-condition" in str(exc).lower() or "precondition" in str(exc).lower():
+            return False
+        raise
     except TypeError:  # a filesystem without exclusive create: best effort
         if fs.exists(path):
             return False

@@ -256,7 +256,7 @@ def _read_inside(src: DatasetReader, win: Window, bands: Sequence[int]):
             # Alpha band or internal mask; nodata masks are computed below from `raw`.
             mask = src.read_masks(bands[0], window=win) > 0 if per_dataset else None
     except (RasterioError, CPLE_BaseError) as exc:
-        raise SceneError("read_failed", _gdal_message(exc)) from exc
+        raise _read_error(exc) from exc
     missing = np.stack([_is_nodata(raw[i], src.nodatavals[b - 1]) for i, b in enumerate(bands)])
     image = raw.astype(np.float32)
     finite = np.isfinite(image)  # NaN / inf, including float64 values beyond float32's range
@@ -294,7 +294,16 @@ def _open_checked(uri: str, limits: ReadLimits, opener: Callable | None) -> Data
             try:
                 src = rasterio.open(path, driver=driver, opener=opener)
             except (RasterioError, CPLE_BaseError, OSError) as exc:
-                raise _open_error(exc) from exc
+                error = _open_error(exc)
+                if not (isinstance(error, SceneError) and path.startswith("/vsi")):
+                    raise error from exc
+                # GDAL may answer from what it cached after an earlier failed request ("does
+                # not exist"): a remote scene is judged bad only after asking the store again.
+                forget_remote(uri)
+                try:
+                    src = rasterio.open(path, driver=driver, opener=opener)
+                except (RasterioError, CPLE_BaseError, OSError) as again:
+                    raise _open_error(again) from again
         try:
             _check_header(src, limits)
             _check_crs(src, messages)
@@ -329,8 +338,72 @@ def _sniff_local_file(uri: str) -> str | None:
     raise SceneError("unreadable", "not a GeoTIFF, PNG or JPEG file (unrecognised header)")
 
 
-def _open_error(exc: BaseException) -> SceneError:
+# GDAL's words for an object store that did not answer, as opposed to a bad file.
+_UNAVAILABLE = ("CURL error", "Could not connect", "Connection refused", "Connection reset",
+                "timed out", "Timeout was reached", "HTTP response code: 5", "HTTP error code: 5",
+                "HTTP response code: 429", "HTTP response code: 403")
+
+
+class StorageUnavailable(MaskrayError):
+    """The object store did not answer a scene read (connection refused or reset, timeout,
+    HTTP 5xx / 429, or 403 when credentials expire): a fact about the store, not the scene, so
+    it never becomes an error row. Callers retry, then fail the run; a re-run picks it up."""
+
+
+def forget_remote(uri: str) -> None:
+    """Drop what GDAL's /vsicurl/ layer cached about `uri` (existence, size, data chunks).
+    After a failed request GDAL remembers the object as missing, so a retry must forget it or
+    it reports "does not exist" without asking the store again. No-op for local paths."""
+    path = gdal_path(os.fspath(uri))
+    if not path.startswith("/vsi"):
+        return
+    clear = _vsicurl_clear()
+    if clear is not None:
+        clear(path.encode())
+
+
+_VSICURL_CLEAR: list = []
+
+
+def _vsicurl_clear():
+    """GDAL's C `VSICurlPartialClearCache` from the libgdal rasterio loaded (ctypes: rasterio
+    does not wrap it); None when that library cannot be found."""
+    if not _VSICURL_CLEAR:
+        import ctypes
+        import ctypes.util
+        import glob
+
+        base = os.path.dirname(rasterio.__file__)
+        candidates = sorted(glob.glob(os.path.join(base, os.pardir, "rasterio.libs", "libgdal*.so*")))
+        candidates.append(ctypes.util.find_library("gdal") or "")
+        function = None
+        for name in filter(None, candidates):
+            try:
+                function = ctypes.CDLL(name).VSICurlPartialClearCache
+                break
+            except (OSError, AttributeError):
+                continue
+        if function is not None:
+            function.argtypes, function.restype = [ctypes.c_char_p], None
+        _VSICURL_CLEAR.append(function)
+    return _VSICURL_CLEAR[0]
+
+
+def _unavailable(message: str) -> bool:
+    return any(text in message for text in _UNAVAILABLE)
+
+
+def _read_error(exc: BaseException) -> MaskrayError:
     message = _gdal_message(exc)
+    if _unavailable(message):
+        return StorageUnavailable(message)
+    return SceneError("read_failed", message)
+
+
+def _open_error(exc: BaseException) -> MaskrayError:
+    message = _gdal_message(exc)
+    if _unavailable(message):
+        return StorageUnavailable(message)
     if isinstance(exc, FileNotFoundError) or any(
             text in message for text in ("No such file", "404", "key does not exist", "NoSuchKey")):
         return SceneError("not_found", message)

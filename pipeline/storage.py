@@ -140,6 +140,7 @@ def configure(settings: StorageConfig | Resolved | dict | None = None) -> Resolv
         if resolved == _configured:
             return resolved
         fsspec.config.conf["s3"] = s3fs_options(resolved)
+        _single_retry_policy()
         os.environ.update(gdal_options(resolved))
         configure_gdal()  # no directory listing on open, range-merging: kept if the user set them
         if resolved.anonymous:
@@ -148,6 +149,17 @@ def configure(settings: StorageConfig | Resolved | dict | None = None) -> Resolv
             os.environ.pop("AWS_NO_SIGN_REQUEST", None)
         _configured = resolved
     return resolved
+
+
+def _single_retry_policy() -> None:
+    """botocore's standard retry mode (storage.retries attempts, exponential backoff) is the one
+    retry policy. s3fs wraps every call in a loop of its own (5 more attempts of each botocore
+    sequence), which multiplies a dead endpoint's timeouts into minutes; turn it off."""
+    try:
+        import s3fs
+    except ImportError:  # no S3 support installed: nothing to tune
+        return
+    s3fs.S3FileSystem.retries = 1
 
 
 def s3fs_options(s: Resolved) -> dict[str, Any]:
@@ -301,7 +313,7 @@ def storage_error(exc: BaseException, uri: str) -> StorageError:
                             "environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE)")
     if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text:
         return StorageError(f"{uri}: not found ({text})")
-    if any(word in text for word in ("Connect", "connect", "timed out", "Timeout", "EndpointConnection")):
+    if any(word in text.lower() for word in ("connect", "timed out", "timeout")):
         return StorageError(f"{uri}: storage endpoint unreachable ({text}); check "
                             "storage.endpoint_url / AWS_ENDPOINT_URL and the network")
     return StorageError(f"{uri}: storage request failed: {type(exc).__name__}: {text}")

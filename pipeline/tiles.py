@@ -15,25 +15,31 @@ still learns its fate. `read_tiles` adds `image` ((C, T, T) in the batch's tile 
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from pipeline.raster_io import ReadLimits, SceneError, open_raster, open_scene, read_window, require_bands
+from pipeline.raster_io import (ReadLimits, SceneError, StorageUnavailable, forget_remote,
+                                open_raster, open_scene, read_window, require_bands)
 from pipeline.storage import configure as configure_storage
 from pipeline.tiling import grid_windows
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def plan_scene(item: dict[str, Any], tile_size: int, overlap: int, bands: tuple[int, ...],
                max_pixels: int, storage: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Open a scene's header (never its pixels) and list its tiles; one error row on failure.
     storage: `pipeline.storage.Resolved.to_dict()` for scenes in object storage."""
-    configure_storage(storage)
+    settings = configure_storage(storage)
     base = {"scene_id": item["scene_id"], "uri": item["uri"], "shard": int(item["shard"]),
             "tile_size": tile_size, "overlap": overlap}
     try:
-        info = open_scene(item["uri"], limits=ReadLimits(max_pixels=max_pixels))
+        info = retrying(lambda: open_scene(item["uri"], limits=ReadLimits(max_pixels=max_pixels)),
+                        settings.retries, on_retry=lambda: forget_remote(item["uri"]))
         require_bands(info, bands)
     except SceneError as exc:
         return [_error_row(base, exc.error_type, exc.message)]
@@ -45,6 +51,25 @@ def plan_scene(item: dict[str, Any], tile_size: int, overlap: int, bands: tuple[
     return [{**base, **meta, "tile_index": i, "n_tiles": len(tiles), "x0": t.x0, "y0": t.y0,
              "error_type": "", "error_message": "", "skip": False}
             for i, t in enumerate(tiles)]
+
+
+def retrying(fn: Callable[[], T], attempts: int, first_delay_s: float = 0.5,
+             on_retry: Callable[[], None] = lambda: None) -> T:
+    """fn(), called again after 0.5, 1, 2, ... s while the object store is unavailable, at most
+    `attempts` times in all (storage.retries); then StorageUnavailable propagates and fails the
+    task, so the run fails without committing the shard instead of recording a healthy scene as
+    an error row. `on_retry` runs before each new attempt (e.g. to forget GDAL's cache)."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except StorageUnavailable as exc:
+            if attempt == attempts - 1:
+                raise
+            delay = first_delay_s * 2 ** attempt
+            log.warning("object store unavailable (%s); retrying in %.1f s", exc, delay)
+            time.sleep(delay)
+            on_retry()
+    raise AssertionError("unreachable")
 
 
 def _error_row(base: dict[str, Any], error_type: str, message: str) -> dict[str, Any]:
@@ -86,7 +111,7 @@ def read_tiles(batch: dict[str, np.ndarray], bands: tuple[int, ...],
     with no valid pixel is marked `skip`. A read that fails mid-file (a truncated scene) marks
     the row as an error. `image` is (N, C, T, T) in `tile_dtype` of the batch's scenes.
     """
-    configure_storage(storage)
+    settings = configure_storage(storage)
     n = len(batch["scene_id"])
     size = int(batch["tile_size"][0]) if n else 0
     skip = batch["skip"].astype(bool).copy()
@@ -101,7 +126,8 @@ def read_tiles(batch: dict[str, np.ndarray], bands: tuple[int, ...],
     for uri in dict.fromkeys(str(batch["uri"][i]) for i in np.flatnonzero(~skip)):
         rows = [i for i in np.flatnonzero(~skip) if str(batch["uri"][i]) == uri]
         start = time.perf_counter()
-        try:
+
+        def read_scene_rows(uri=uri, rows=rows) -> None:
             with open_raster(uri) as src:
                 for i in rows:
                     x0, y0 = int(batch["x0"][i]), int(batch["y0"][i])
@@ -110,6 +136,9 @@ def read_tiles(batch: dict[str, np.ndarray], bands: tuple[int, ...],
                     images[i], skip[i] = pixels, not valid.any()
                     if fill_values is not None:
                         images[i][:, ~valid] = fill_values
+
+        try:
+            retrying(read_scene_rows, settings.retries, on_retry=lambda uri=uri: forget_remote(uri))
         except SceneError as exc:
             for i in rows:
                 skip[i], error_type[i], error_message[i] = True, exc.error_type, exc.message

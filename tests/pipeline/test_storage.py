@@ -178,3 +178,36 @@ def test_duckdb_reads_an_output_on_s3(s3_prefix):
     assert got == [("a.tif", "ok", "m1"), ("b.tif", "ok", "m1")]
     with pytest.raises(UsageError, match="instances does not exist"):  # no detections yet
         run_query(con, "select count(*) from instances")
+
+
+def test_a_store_that_does_not_answer_is_not_a_bad_scene(moto_s3):
+    from pipeline.raster_io import StorageUnavailable
+    from pipeline.tiles import plan_scene, retrying
+
+    with socket.socket() as s:  # a port nothing listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    settings = storage.resolve(storage.StorageConfig(endpoint_url=dead, retries=2)).to_dict()
+    storage.configure(settings)
+    try:
+        with pytest.raises(StorageUnavailable, match="connect"):
+            open_scene("s3://bucket/a.tif")
+        # not an error row: the task fails after its retries, so the shard is not committed
+        with pytest.raises(StorageUnavailable):
+            plan_scene({"scene_id": "a.tif", "uri": "s3://bucket/a.tif", "shard": 0}, 128, 32,
+                       (1,), 10**9, storage=settings)
+    finally:
+        storage.configure(storage.StorageConfig(endpoint_url=moto_s3.endpoint))
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise StorageUnavailable("Connection refused")
+        return "read"
+
+    assert retrying(flaky, attempts=3, first_delay_s=0.01) == "read" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(StorageUnavailable):
+        retrying(flaky, attempts=2, first_delay_s=0.01)
+    assert len(calls) == 2
