@@ -60,14 +60,20 @@ def main(argv: list[str] | None = None) -> int:
         source = labels_source(str(archive / "annotations.json"), str(archive))
         stop = threading.Event()
 
-        def watch() -> None:  # record where actors run; remove a worker node once one committed
+        def watch() -> None:
+            """Record where actors run; with --kill-node, remove a worker node whose actor has
+            been working for 2 s (mid-run: before the last shard is committed)."""
             scenes = Path(args.output) / "scenes"
+            working_since: dict[str, float] = {}
             while not stop.is_set():
-                seen.update(actor_nodes(source.spec.cls.__name__))
+                now_alive = actor_nodes(source.spec.cls.__name__)
+                seen.update(now_alive)
+                for node in set(now_alive.values()):
+                    working_since.setdefault(node, time.monotonic())
                 committed = list(scenes.rglob("part-*.parquet")) if scenes.exists() else []
-                if args.kill_node and result["removed_node"] is None and committed:
-                    busy = set(actor_nodes(source.spec.cls.__name__).values())
-                    victim = next((w for w in workers if w.node_id in busy), None)
+                if args.kill_node and result["removed_node"] is None:
+                    victim = next((w for w in workers if w.node_id in working_since
+                                   and time.monotonic() - working_since[w.node_id] > 2), None)
                     if victim is not None:
                         cluster.remove_node(victim, allow_graceful=False)
                         result["removed_node"] = victim.node_id
