@@ -178,6 +178,26 @@ def _with_defaults(gt: Mapping[str, Any]) -> dict[str, Any]:
 
 # ---- an inference output against ground truth -----------------------------------------------
 
+def load_ground_truth(gt_path: str | Path, scenes) -> dict[str, Any]:
+    """A COCO dataset dict from a COCO JSON file, or built from a directory of per-scene GeoJSON
+    (rasterised on each scene's grid from the `scenes` table). UsageError when the path does not
+    exist; MaskrayError when the file is not a COCO dataset."""
+    from pipeline.errors import MaskrayError, UsageError
+
+    gt_path = Path(gt_path)
+    if gt_path.is_dir():
+        return gt_from_geojson_dir(gt_path, scenes)
+    if not gt_path.is_file():
+        raise UsageError(f"ground truth not found: {gt_path}")
+    try:
+        gt = json.loads(gt_path.read_text())
+    except ValueError as exc:
+        raise MaskrayError(f"cannot read COCO ground truth {gt_path}: {exc}") from exc
+    if not isinstance(gt, dict) or not {"images", "annotations"} <= gt.keys():
+        raise MaskrayError(f"{gt_path}: not a COCO dataset (needs 'images' and 'annotations')")
+    return gt
+
+
 def evaluate_output(pred_root: str, gt_path: str | Path, iou_type: str = "segm",
                     model_id: str | None = None, max_dets: int | None = None) -> CocoMetrics:
     """Scene-level COCO metrics of the output at `pred_root` against `gt_path`.
@@ -201,18 +221,7 @@ def evaluate_output(pred_root: str, gt_path: str | Path, iou_type: str = "segm",
         raise UsageError(f"{pred_root} holds {len(models)} models ({', '.join(models)}): "
                          "pick one with --model-id")
     instances = read_instances(pred_root, models[0])
-    gt_path = Path(gt_path)
-    if gt_path.is_dir():
-        gt = gt_from_geojson_dir(gt_path, scenes)
-    elif gt_path.is_file():
-        try:
-            gt = json.loads(gt_path.read_text())
-        except ValueError as exc:
-            raise MaskrayError(f"cannot read COCO ground truth {gt_path}: {exc}") from exc
-        if not isinstance(gt, dict) or not {"images", "annotations"} <= gt.keys():
-            raise MaskrayError(f"{gt_path}: not a COCO dataset (needs 'images' and 'annotations')")
-    else:
-        raise UsageError(f"ground truth not found: {gt_path}")
+    gt = load_ground_truth(gt_path, scenes)
     image_of, notes = match_scenes(gt["images"], scenes.column("scene_id").to_pylist())
     if not image_of:
         raise MaskrayError(f"no scene of {pred_root} is in the ground truth {gt_path} "

@@ -203,7 +203,7 @@ def recover_shards(fs: fsspec.AbstractFileSystem, root: str, model_id: str,
             commit_staged(fs, root, shard, model_id=model_id, run_id=posixpath.basename(run_dir),
                           instance_files=[posixpath.basename(p) for p in sorted(staged)])
             done["rolled_forward"].append(shard)
-        elif all(now - _mtime(i) > orphan_grace_s for i in infos):
+        elif all(now - info_mtime(i) > orphan_grace_s for i in infos):
             fs.rm([i["name"] for i in infos])
             done["removed"].append(shard)
         else:
@@ -227,7 +227,7 @@ def clean_staging(fs: fsspec.AbstractFileSystem, root: str, older_than_s: float 
     removed: list[str] = []
     for run_dir in sorted(fs.ls(base, detail=False)):
         files = _find(fs, run_dir, pattern="")
-        stale = sorted(p for p, i in files.items() if now - _mtime(i) > older_than_s)
+        stale = sorted(p for p, i in files.items() if now - info_mtime(i) > older_than_s)
         dead = posixpath.basename(run_dir) in run_ids
         if dead or now - _newest(fs, run_dir, files) > older_than_s:
             fs.rm(run_dir, recursive=True)
@@ -330,7 +330,7 @@ def _staged_run_dir(fs: fsspec.AbstractFileSystem, root: str, model_id: str,
                     shard: str) -> str | None:
     """The newest staging run dir holding a readable scenes part for `shard`, or None."""
     candidates = fs.glob(f"{root}/{STAGING}/*/scenes/model={model_id}/{shard}.parquet", detail=True)
-    for path, info in sorted(candidates.items(), key=lambda kv: -_mtime(kv[1])):
+    for path, info in sorted(candidates.items(), key=lambda kv: -info_mtime(kv[1])):
         try:
             with fs.open(path, "rb") as f:
                 pq.read_metadata(f)
@@ -354,20 +354,23 @@ def _find(fs: fsspec.AbstractFileSystem, directory: str, pattern: str = "part-")
 def _newest(fs: fsspec.AbstractFileSystem, run_dir: str, files: Mapping[str, dict]) -> float:
     """Newest modification time under a staging run dir: its files and, locally, its folders
     (a live run between shards has empty folders it touched recently)."""
-    times = [_mtime(i) for i in files.values()]
+    times = [info_mtime(i) for i in files.values()]
     if isinstance(fs, LocalFileSystem):
         times += [os.path.getmtime(d) for d, _, _ in os.walk(run_dir)]
     return max(times, default=float("inf"))
 
 
-def _mtime(info: Mapping[str, Any]) -> float:
-    """Modification time (POSIX s) from an fsspec info dict; +inf (never stale) when unknown."""
+def info_mtime(info: Mapping[str, Any], unknown: float = float("inf")) -> float:
+    """Modification time (POSIX s) from an fsspec info dict (local `mtime`, S3 `LastModified`);
+    `unknown` when it has none (+inf: never stale)."""
     value = info.get("mtime", info.get("LastModified", info.get("last_modified")))
     if isinstance(value, dt.datetime):
         return value.timestamp()
     if isinstance(value, str):
         return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    return float(value) if value is not None else float("inf")
+    return float(value) if value is not None else unknown
+
+
 
 
 def _safe(run_id: str) -> str:

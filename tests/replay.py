@@ -20,3 +20,15 @@ def replayed_archive(root: Path, size: int, seed: int, tile_size: int, overlap: 
                            "--set", f"tiling.tile_size={tile_size}",
                            "--set", f"tiling.overlap={overlap}"]) == 0
     return archive, out
+
+
+def comparable_rows(root: str) -> list[tuple]:
+    """Every instance row of the output at `root` (local or s3://), run_id and the `model`
+    partition column left out, in a stable order: what "the same rows" means across runs."""
+    import json
+
+    from pipeline.dataset import read_instances
+
+    table = read_instances(str(root)).drop_columns(["run_id", "model"])
+    return sorted(tuple(json.dumps(v, default=str) for v in row.values())
+                  for row in table.to_pylist())

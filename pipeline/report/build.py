@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.commit import info_mtime
 from pipeline.overlay import class_colour
 from pipeline.report.evaluation import KIND, evaluate_with_curves
 from pipeline.report.html import (duration, escape, h2, img, jpeg, metric, page, run_interval,
@@ -199,17 +200,8 @@ def shard_commit_times(output: str, model_id: str) -> list[float]:
     if not fs.exists(base):
         return []
     found = fs.find(base, detail=True)
-    return sorted(_info_time(info) for p, info in found.items() if p.endswith(".parquet"))
-
-
-def _info_time(info: dict[str, Any]) -> float:
-    """Modification time (POSIX s) of an fsspec info dict: local `mtime`, S3 `LastModified`."""
-    value = info.get("mtime", info.get("LastModified", info.get("last_modified")))
-    if isinstance(value, dt.datetime):
-        return value.timestamp()
-    if isinstance(value, str):
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    return float(value) if value is not None else float("nan")
+    return sorted(info_mtime(info, float("nan")) for p, info in found.items()
+                  if p.endswith(".parquet"))
 
 
 def _samples(output: str, model_id: str, ok: pa.Table, count: int, input_root: str | None,

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -32,25 +30,14 @@ def evaluate_with_curves(output: str, gt: str, model_id: str,
     """`model.evaluate.evaluate_output` for each IoU type, keeping COCOeval's precision arrays
     for the curves. Ground truth and results are built once, through the same functions, so the
     numbers equal `maskray evaluate`'s (tests check it)."""
-    from model.evaluate import (gt_from_geojson_dir, match_classes, match_scenes,
+    from model.evaluate import (load_ground_truth, match_classes, match_scenes,
                                 output_results)
     from pipeline.dataset import read_instances, read_scenes
-    from pipeline.errors import MaskrayError, UsageError
+    from pipeline.errors import MaskrayError
 
     scenes = read_scenes(output, model_id)
     instances = read_instances(output, model_id)
-    path = Path(gt)
-    if path.is_dir():
-        truth = gt_from_geojson_dir(path, scenes)
-    elif path.is_file():
-        try:
-            truth = json.loads(path.read_text())
-        except ValueError as exc:
-            raise MaskrayError(f"cannot read COCO ground truth {path}: {exc}") from exc
-        if not isinstance(truth, dict) or not {"images", "annotations"} <= truth.keys():
-            raise MaskrayError(f"{path}: not a COCO dataset (needs 'images' and 'annotations')")
-    else:
-        raise UsageError(f"ground truth not found: {gt}")
+    truth = load_ground_truth(gt, scenes)
     image_of, notes = match_scenes(truth["images"], scenes.column("scene_id").to_pylist())
     if not image_of:
         raise MaskrayError(f"no scene of {output} is in the ground truth {gt} "

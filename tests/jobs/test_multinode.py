@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 from jobs import synth as synth_job
-from pipeline.dataset import read_instances, read_scenes
+from pipeline.dataset import read_scenes
 
 TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))
+from replay import comparable_rows  # noqa: E402
 
 
 def _run(archive: Path, out: Path, *extra: str) -> dict:
@@ -24,10 +26,6 @@ def _run(archive: Path, out: Path, *extra: str) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def _rows(out: Path) -> list[tuple]:
-    table = read_instances(str(out)).drop_columns(["run_id", "model"])
-    return sorted(tuple(json.dumps(v, default=str) for v in row.values())
-                  for row in table.to_pylist())
 
 
 def test_a_worker_node_removed_mid_run_leaves_the_rows_of_a_clean_run(tmp_path):
@@ -43,6 +41,6 @@ def test_a_worker_node_removed_mid_run_leaves_the_rows_of_a_clean_run(tmp_path):
     assert faulted["removed_node"] in faulted["worker_nodes"]
     assert faulted["committed_before_removal"] < 6  # it really was mid-run
     assert faulted["scenes_ok"] == 6 and faulted["scenes_error"] == 0
-    assert _rows(tmp_path / "faulted") == _rows(tmp_path / "clean")
+    assert comparable_rows(tmp_path / "faulted") == comparable_rows(tmp_path / "clean")
     assert sorted(read_scenes(str(tmp_path / "faulted")).column("scene_id").to_pylist()) == \
         sorted(read_scenes(str(tmp_path / "clean")).column("scene_id").to_pylist())

@@ -19,20 +19,16 @@ from jobs import model as model_job
 from jobs import query as query_job
 from jobs import synth as synth_job
 from pipeline import storage
-from pipeline.dataset import read_instances, read_scenes
+from pipeline.dataset import read_scenes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from objectstore import client, start_seaweed, upload_tree, weed_binary  # noqa: E402
+from replay import comparable_rows  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TILING = ["--set", "tiling.tile_size=256", "--set", "tiling.overlap=64"]
 
 
-def _rows(root: str) -> list[tuple]:
-    """Instance rows without run_id / model, in a stable order: what 'the same rows' means."""
-    table = read_instances(root).drop_columns(["run_id", "model"])
-    return sorted(tuple(json.dumps(v, default=str) for v in row.values())
-                  for row in table.to_pylist())
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +56,7 @@ def test_infer_from_and_to_s3_matches_a_local_run(ray_local, moto_s3, archive, t
     local = tmp_path / "local"
     assert _replay(labels, str(archive), str(local), moto_s3.endpoint) == 0
     storage.configure(storage.StorageConfig(endpoint_url=moto_s3.endpoint))
-    assert _rows(out) and _rows(out) == _rows(str(local))
+    assert comparable_rows(out) and comparable_rows(out) == comparable_rows(str(local))
 
     # Nothing new: exits 0 at once, without starting work; nothing is written.
     fs, root = storage.filesystem(out)
@@ -86,11 +82,11 @@ def test_infer_from_and_to_s3_matches_a_local_run(ray_local, moto_s3, archive, t
     assert "1 scene(s) ok (1 replaced), 0 error, 2 already done" in capsys.readouterr().out
     scenes = read_scenes(out).column("scene_id").to_pylist()
     assert sorted(scenes) == sorted(f"scenes/{p.name}" for p in (archive / "scenes").iterdir())
-    assert _rows(out) == _rows(str(local))
+    assert comparable_rows(out) == comparable_rows(str(local))
 
     # DuckDB reads the same rows straight from S3.
     assert query_job.main([out, "select count(*) as n from instances", "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"n": len(_rows(str(local)))}
+    assert json.loads(capsys.readouterr().out) == {"n": len(comparable_rows(str(local)))}
 
 
 def test_a_model_bundle_in_s3(ray_local, moto_s3, archive, tmp_path, capsys):
@@ -139,13 +135,13 @@ def test_seaweedfs_checks_credentials_and_keeps_outputs_across_a_restart(
 
         assert _replay(labels, server.uri("in"), out, server.endpoint) == 0
         storage.configure(storage.StorageConfig(endpoint_url=server.endpoint))
-        rows = _rows(out)
+        rows = comparable_rows(out)
         assert rows
         port = server.s3_port
         server.stop()  # kill and restart over the same data directory
         server = start_seaweed(data, s3_port=port)
         storage.configure(storage.StorageConfig(endpoint_url=server.endpoint))
-        assert _rows(out) == rows
+        assert comparable_rows(out) == rows
         assert _replay(labels, server.uri("in"), out, server.endpoint) == 0
         assert "3 already done" in capsys.readouterr().out
     finally:
@@ -205,6 +201,6 @@ def test_two_runs_started_at_once_one_works_the_other_does_nothing(moto_s3, arch
     storage.configure(storage.StorageConfig(endpoint_url=moto_s3.endpoint))
     local = tmp_path / "local"
     assert _replay(archive / "annotations.json", str(archive), str(local), moto_s3.endpoint) == 0
-    assert _rows(out) == _rows(str(local))
+    assert comparable_rows(out) == comparable_rows(str(local))
     fs, root = storage.filesystem(out)
     assert not fs.glob(f"{root}/_locks/*.json")  # the lease is released

