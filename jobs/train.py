@@ -57,7 +57,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline.config import config_to_dict, dump_yaml
@@ -83,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
                                      resources_per_worker={"CPU": per_worker}),
         run_config=RunConfig(
             name=RUN_NAME, **out.ray_storage(cfg.storage),
+            # Ray Train logs every report (the whole metrics dict) and checkpoint at INFO; the
+            # progress lines are ours (_say). Its warnings and errors still show.
+            logging_config=LoggingConfig(log_level="DEBUG" if args.debug else "WARNING"),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.train.keep_checkpoints,
                 checkpoint_score_attribute="segm_AP" if split["validate"] else None,
