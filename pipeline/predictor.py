@@ -70,12 +70,46 @@ class TilePredictor:
         detections = np.empty(n, dtype=object)
         for i in range(n):
             detections[i] = []
+        failed: dict[int, str] = {}
         todo = np.flatnonzero(~batch["skip"].astype(bool))
-        for start in range(0, len(todo), self.batch_size):
+        start = 0
+        while start < len(todo):  # the chunk size may shrink after an out-of-memory error
             rows = todo[start:start + self.batch_size]
-            for row, dets in zip(rows, self._predict(batch["image"][rows])):
-                detections[row] = place_in_scene(dets, batch, row)
-        return _without_image(batch, detections)
+            start += len(rows)
+            for row, dets in self._predict_splitting(batch, rows):
+                if dets is None:
+                    failed[int(row)] = (f"the model ran out of memory on a single "
+                                        f"{batch['image'].shape[-1]} px tile at x={batch['x0'][row]}"
+                                        f" y={batch['y0'][row]} on {self.device.type}: use a "
+                                        "smaller tiling.tile_size or a device with more memory")
+                else:
+                    detections[row] = place_in_scene(dets, batch, row)
+        return _without_image(batch, detections, failed)
+
+    def _predict_splitting(self, batch: Batch, rows: np.ndarray
+                           ) -> list[tuple[int, list[Detection] | None]]:
+        """Predict the tiles `rows` of `batch`; on an out-of-memory error split them in halves
+        and try again, down to single tiles. A single tile that still does not fit gets None (it
+        becomes an error row of its scene, never a silent drop). After a split, later chunks use
+        the size that fitted, so one tight batch does not cost an OOM per batch."""
+        try:
+            return list(zip(rows, self._predict(batch["image"][rows])))
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled
+            if not is_out_of_memory(exc):
+                raise
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # give back what the failed forward had cached
+        if len(rows) == 1:
+            log.warning("out of memory on a single tile at x=%s y=%s of %s", batch["x0"][rows[0]],
+                        batch["y0"][rows[0]], batch["scene_id"][rows[0]])
+            return [(rows[0], None)]
+        half = len(rows) // 2
+        if half < self.batch_size:
+            log.warning("out of memory on %d tiles: predicting %d at a time from now on",
+                        len(rows), half)
+            self.batch_size = half
+        return (self._predict_splitting(batch, rows[:half])
+                + self._predict_splitting(batch, rows[half:]))
 
     def _predict(self, images: np.ndarray) -> list[list[Detection]]:
         """images: (B, C, T, T) raw band values, any dtype -> per image, detections in the tile
@@ -148,9 +182,28 @@ def clip_detection(det: Detection, width: int, height: int) -> Detection | None:
                      x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1, rle_)
 
 
-def _without_image(batch: Batch, detections: np.ndarray) -> Batch:
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA (or CPU allocator) out-of-memory error: the forward may fit in smaller pieces."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text
+                                              or "can't allocate memory" in text)
+
+
+def _without_image(batch: Batch, detections: np.ndarray,
+                   failed: dict[int, str] | None = None) -> Batch:
+    """The batch without its pixels, with `detections`; rows in `failed` (row -> message) are
+    marked skipped with error_type "out_of_memory", which fails their scene on the driver."""
     out = {k: v for k, v in batch.items() if k != "image"}
     out["detections"] = detections
+    if failed:
+        skip = out["skip"].astype(bool).copy()
+        error_type = out["error_type"].astype(object).copy()
+        error_message = out["error_message"].astype(object).copy()
+        for row, message in failed.items():
+            skip[row], error_type[row], error_message[row] = True, "out_of_memory", message
+        out.update(skip=skip, error_type=error_type, error_message=error_message)
     return out
 
 

@@ -44,6 +44,7 @@ ERROR_TYPES = (
     "band_count",  # the bundle asks for a band the scene does not have
     "read_failed",  # decoding a window failed (truncated or corrupt data)
     "all_nodata",  # every window of the scene is nodata (decided by the caller)
+    "out_of_memory",  # the model ran out of memory on a single tile, after splitting its batch
 )
 
 ALLOWED_DRIVERS = ("GTiff", "PNG", "JPEG")

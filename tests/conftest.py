@@ -72,6 +72,22 @@ def seaweed_s3(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A random-weight MobileNetV3-FPN bundle sized for 128 px inputs (fast on CPU)."""
+    from jobs import model as model_job
+
+    path = tmp_path_factory.mktemp("bundle") / "tiny"
+    assert model_job.main(["init", "--out", str(path), "--quiet", "--seed", "1",
+                           "--set", "model.backbone=mobilenet_v3_fpn",
+                           "--set", "model.classes=[building, vehicle]",
+                           "--set", "model.min_size=128", "--set", "model.max_size=128",
+                           "--set", "model.box_score_thresh=0.0",
+                           "--set", "model.rpn_pre_nms_top_n_test=100",
+                           "--set", "model.rpn_post_nms_top_n_test=50"]) == 0
+    return path
+
+
 @pytest.fixture
 def logged():
     """`with logged("model.via") as lines:` collects that logger's messages (WARNING and up) as

@@ -16,7 +16,6 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from jobs import infer as infer_job
-from jobs import model as model_job
 from pipeline import commit
 from pipeline.dataset import decode_full_mask, read_instances, read_scenes
 
@@ -128,20 +127,6 @@ def test_run_killed_mid_commit_then_rerun_gives_the_rows_of_one_clean_run(ray_lo
     assert _infer(labels, inp, clean, "--set", "infer.shard_scenes=1") == 0
     assert _rows(out) == _rows(clean)
     assert read_scenes(str(out)).num_rows == 3
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory) -> Path:
-    """A random-weight MobileNetV3-FPN bundle sized for 128 px inputs (fast on CPU)."""
-    path = tmp_path_factory.mktemp("bundle") / "tiny"
-    assert model_job.main(["init", "--out", str(path), "--quiet", "--seed", "1",
-                           "--set", "model.backbone=mobilenet_v3_fpn",
-                           "--set", "model.classes=[building, vehicle]",
-                           "--set", "model.min_size=128", "--set", "model.max_size=128",
-                           "--set", "model.box_score_thresh=0.0",
-                           "--set", "model.rpn_pre_nms_top_n_test=100",
-                           "--set", "model.rpn_post_nms_top_n_test=50"]) == 0
-    return path
 
 
 def test_bad_inputs_become_error_rows_and_the_rest_completes(ray_local, tiny_bundle, tmp_path,
