@@ -56,15 +56,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.config import config_to_dict, dump_yaml
+
+    # A bad config or run directory is reported at once, not after seconds of importing Ray.
+    cfg, out = _resolve_run(args)
+
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.config import config_to_dict, dump_yaml
-
     from model.datasets import localised
 
-    cfg, out = _resolve_run(args)
     local = localised(cfg)  # object-storage training data: a copy on this machine
     split = _split(local)
     if cfg.model.image_mean is None:

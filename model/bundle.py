@@ -208,13 +208,16 @@ def _write_local(final: Path, files: dict[str, bytes], overwrite: bool) -> None:
 def _write_remote(uri: str, files: dict[str, bytes], overwrite: bool) -> None:
     import fsspec
 
-    fs, root = fsspec.core.url_to_fs(uri)
-    root = root.rstrip("/")
-    if fs.exists(f"{root}/{BUNDLE_JSON}") and not overwrite:
-        raise BundleError(f"{uri} already holds a bundle (pass overwrite=True or --overwrite "
-                          f"to replace it)")
-    for name in (WEIGHTS, BUNDLE_JSON):  # bundle.json last: it is what makes a bundle
-        fs.pipe_file(f"{root}/{name}", files[name])
+    from pipeline.storage import translating_errors
+
+    with translating_errors(uri):  # credentials, endpoint: one line, not a botocore traceback
+        fs, root = fsspec.core.url_to_fs(uri)
+        root = root.rstrip("/")
+        if fs.exists(f"{root}/{BUNDLE_JSON}") and not overwrite:
+            raise BundleError(f"{uri} already holds a bundle (pass overwrite=True or --overwrite "
+                              f"to replace it)")
+        for name in (WEIGHTS, BUNDLE_JSON):  # bundle.json last: it is what makes a bundle
+            fs.pipe_file(f"{root}/{name}", files[name])
 
 
 # ----------------------------------------------------------------------------- load
@@ -293,8 +296,11 @@ def _exists(path: str) -> bool:
         return os.path.isfile(path)
     import fsspec
 
-    fs, inner = fsspec.core.url_to_fs(path)
-    return fs.exists(inner)
+    from pipeline.storage import translating_errors
+
+    with translating_errors(path):
+        fs, inner = fsspec.core.url_to_fs(path)
+        return fs.exists(inner)
 
 
 def _version(name: str) -> str:

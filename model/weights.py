@@ -11,6 +11,10 @@ import hashlib
 import io
 import logging
 import os
+import re
+import warnings
+from contextlib import contextmanager
+from typing import BinaryIO, Iterator
 
 import torch
 from torch import Tensor
@@ -28,13 +32,12 @@ def is_uri(path: str) -> bool:
 
 
 def read_bytes(path_or_uri: str, what: str = "weights file") -> bytes:
-    """The whole file; BundleError "<what> not found: <path>" (one line) when it is missing."""
+    """The whole file. One-line errors: BundleError "<what> not found: <path>" when it is
+    missing; StorageError when object storage fails the request (credentials, endpoint)."""
+    if is_uri(path_or_uri):
+        with _remote(path_or_uri, what) as f:
+            return f.read()
     try:
-        if is_uri(path_or_uri):
-            import fsspec  # imported lazily: plain local use needs no fsspec
-
-            with fsspec.open(path_or_uri, "rb") as f:
-                return f.read()
         with open(path_or_uri, "rb") as f:
             return f.read()
     except FileNotFoundError:
@@ -43,21 +46,36 @@ def read_bytes(path_or_uri: str, what: str = "weights file") -> bytes:
         raise BundleError(f"cannot read {path_or_uri}: {exc.strerror or exc}") from None
 
 
+@contextmanager
+def _remote(uri: str, what: str) -> Iterator[BinaryIO]:
+    """An open fsspec file; a missing object is BundleError "<what> not found", any other failed
+    request one StorageError line naming the fix (credentials, endpoint), never a botocore
+    traceback."""
+    import fsspec  # imported lazily: plain local use needs no fsspec
+
+    from pipeline.storage import translating_errors
+
+    with translating_errors(uri):
+        try:
+            with fsspec.open(uri, "rb") as f:
+                yield f
+        except FileNotFoundError:
+            raise BundleError(f"{what} not found: {uri}") from None
+
+
 def file_sha256(path_or_uri: str) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
-    try:
-        if is_uri(path_or_uri):
-            import fsspec
-
-            opener = fsspec.open(path_or_uri, "rb")
-        else:
+    if is_uri(path_or_uri):
+        opener = _remote(path_or_uri, "file")
+    else:
+        try:
             opener = open(path_or_uri, "rb")
-        with opener as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-    except FileNotFoundError:
-        raise BundleError(f"file not found: {path_or_uri}") from None
+        except FileNotFoundError:
+            raise BundleError(f"file not found: {path_or_uri}") from None
+    with opener as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -77,11 +95,14 @@ def load_state_dict_bytes(data: bytes, what: str) -> dict[str, Tensor]:
     "state_dict" (torchvision references / Lightning layouts). Anything else is a BundleError.
     """
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        # torch warns on stderr about files it is about to refuse (e.g. "Detected pickle
+        # protocol 4"); the refusal below is the one line the user needs.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BundleError(f"{what} is not a tensors-only state dict "
-                          f"(torch.load weights_only=True refused it: {reason[:200]})") from None
+        raise BundleError(f"{what} is not a tensors-only state dict (torch.load weights_only=True "
+                          f"refused it: {_refusal_reason(exc)})") from None
     if _is_state_dict(obj):
         return obj
     if isinstance(obj, dict):
@@ -109,3 +130,18 @@ def load_state_dict_file(path_or_uri: str | os.PathLike, sha256: str | None = No
 def _is_state_dict(obj: object) -> bool:
     return (isinstance(obj, dict) and bool(obj)
             and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()))
+
+
+def _refusal_reason(exc: Exception) -> str:
+    """The sentence of a torch.load error that says what is wrong with the file.
+
+    torch's weights-only refusal is a page that opens with how to load the file anyway
+    (weights_only=False, i.e. run its code) and states the reason after "WeightsUnpickler
+    error:"; only the reason belongs in our one line.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch bolds a phrase with ANSI codes
+    text = text.partition("WeightsUnpickler error:")[2] or text
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[0].split(". ")[0].rstrip(".")[:200]

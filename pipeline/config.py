@@ -234,7 +234,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+        problem = getattr(exc, "problem", None)  # e.g. "expected ',' or '}', but got ..."
+        why = f": {' '.join(str(problem).split())}" if problem else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}{why}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
