@@ -16,14 +16,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import ray
 
 from pipeline import storage
 from pipeline.config import Config
 from pipeline.shards import SceneResult, ShardAssembler
-from pipeline.tiles import plan_scene, read_tiles
+from pipeline.tiles import plan_scene, read_tiles, refused_row
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,18 @@ def batch_block_bytes(cfg: Config, bands: int) -> int:
 
 
 def run_tiles(scenes: Sequence[tuple[str, str, int]], cfg: Config, spec: PredictorSpec,
-              on_shard: Callable[[list[SceneResult]], None]) -> FlowStats:
+              on_shard: Callable[[list[SceneResult]], None],
+              refused: Mapping[str, str] | None = None) -> FlowStats:
     """Push every tile of `scenes` ((scene_id, uri, shard) in shard order) through the graph and
-    call `on_shard` on the driver for each completed shard. Returns tile throughput."""
+    call `on_shard` on the driver for each completed shard. Returns tile throughput. Scenes in
+    `refused` (scene_id -> reason) never enter the graph: each is one bad_key error row."""
+    refused = refused or {}
+    assembler = ShardAssembler(scenes)
+    for scene_id, _, shard in scenes:
+        if scene_id in refused:
+            for done in assembler.add(refused_row(scene_id, shard, refused[scene_id])):
+                on_shard(done)
+    scenes = [s for s in scenes if s[0] not in refused]
     if not scenes:
         return FlowStats()
     actors, actor_cpus, actor_gpus = actor_pool_shape(cfg, spec.uses_gpu)
@@ -133,7 +142,6 @@ def run_tiles(scenes: Sequence[tuple[str, str, int]], cfg: Config, spec: Predict
     # between batches.
     ds.context.target_max_block_size = max(MIB, batch_block_bytes(cfg, len(spec.bands)))
     log.info("in-flight budget: %.0f MiB of object store", budget / MIB)
-    assembler = ShardAssembler(scenes)
     stats, start = FlowStats(), time.perf_counter()
     for row in ds.iter_rows():
         stats.tiles += int(row["tile_index"]) >= 0

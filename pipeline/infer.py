@@ -272,7 +272,8 @@ def _process(fs: Any, root: str, source: Source, cfg: Config, input_uri: str, ou
     try:
         with _storage_failures(input_uri, output_uri):
             summary.flow = run_tiles([(s.scene_id, s.uri, k) for s, k in zip(todo, shards)], cfg,
-                                     source.spec, writer)
+                                     source.spec, writer,
+                                     refused={s.scene_id: s.refused for s in todo if s.refused})
         status = "succeeded"
     finally:
         counts = {"scenes_listed": summary.scenes_listed, "scenes_skipped": summary.scenes_skipped,

@@ -45,6 +45,7 @@ ERROR_TYPES = (
     "read_failed",  # decoding a window failed (truncated or corrupt data)
     "all_nodata",  # every window of the scene is nodata (decided by the caller)
     "out_of_memory",  # the model ran out of memory on a single tile, after splitting its batch
+    "bad_key",  # an unsafe path or object key (pipeline/scenes.py): refused, never opened
 )
 
 ALLOWED_DRIVERS = ("GTiff", "PNG", "JPEG")

@@ -15,15 +15,18 @@ ids on every run and machine. The result is sorted by scene_id: deterministic.
   '#' comments skipped. Every listed path is kept, whatever its extension, since the user named
   it; a missing file is kept too (size and mtime None) and becomes an error row when opened.
 
-A key that escapes the root ('..' past it, or an absolute path outside it) is refused: it has no
-scene_id.
+Unsafe names are listed but *refused* (`SceneRef.refused` says why): they become `bad_key`
+error rows and are never opened, so a run over an archive holding them completes and says
+what it left out. Unsafe: a list entry that escapes the root ('..' past it, an absolute path
+outside it, a URI), and any name whose relative part has an empty, '.' or '..' segment (a
+leading '/', '//'), a backslash, a control character such as NUL, or bytes that are not UTF-8.
+GDAL and fsspec normalise such names, so they could read an object other than the one listed.
+A refused scene's id is its name with those characters escaped (`\\x00`): printable, stable.
 
 Object storage (s3:// and any fsspec URI, settings from pipeline/storage.py): a prefix is listed
 recursively (one paginated LIST, no per-object HEAD), a glob with fsspec's glob, a list file is
-read from the store with entries relative to its folder. Keys whose relative part has an empty,
-'.' or '..' segment, a backslash or a control character are skipped with a warning: GDAL and
-fsspec normalise such keys, so they could read an object other than the one listed. Remote refs
-carry the object's ETag beside size and mtime, so a replaced object is seen as changed.
+read from the store with entries relative to its folder. Remote refs carry the object's ETag
+beside size and mtime, so a replaced object is seen as changed.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class SceneRef:
     size: bytes, or None when the file can't be stat'ed (listed but missing, broken symlink).
     mtime: modification time, seconds since the epoch, or None like size.
     etag: the object's ETag (quotes stripped) on object storage; None for local files.
+    refused: why the name is unsafe (then the scene is an error row, never opened), else None.
     """
 
     scene_id: str
@@ -65,6 +69,7 @@ class SceneRef:
     size: int | None
     mtime: float | None
     etag: str | None = None
+    refused: str | None = None
 
 
 def list_scenes(input_uri: str) -> list[SceneRef]:
@@ -111,14 +116,16 @@ def _list_remote(uri: str) -> list[SceneRef]:
     for key, info in found.items():
         if info.get("type") == "directory":
             continue
-        rel = key[len(root):].lstrip("/")
-        if any(part.startswith(".") for part in rel.split("/")) or not _is_image(rel):
+        # Exactly one '/' after the root: "in//a.tif" is the key "/a.tif" below "in", not "a.tif".
+        rel = key[len(root) + 1:] if key.startswith(root + "/") else key[len(root):]
+        if not _is_image(rel):
             continue
-        if not _is_safe_key(rel):
-            log.warning("skipping object %r: its key has an empty, '.' or '..' segment, a "
-                        "backslash or a control character", key)
-            continue
-        refs.append(_remote_ref(rel, f"{protocol}://{key}", info))
+        ref = _remote_ref(rel, f"{protocol}://{key}", info)
+        reason = unsafe_reason(rel)
+        if reason is not None:  # before the hidden-name rule, which '..' and '.' would pass
+            refs.append(_refused(ref, reason))
+        elif not any(part.startswith(".") for part in rel.split("/")):
+            refs.append(ref)
     return refs
 
 
@@ -130,9 +137,11 @@ def _list_remote_file(fs, protocol: str, path: str) -> list[SceneRef]:
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
-        if "://" in entry or entry.startswith("/") or not _is_safe_key(entry):
-            raise InputError(f"{protocol}://{path}:{number}: {entry!r} must be a key relative "
-                             "to the list file's folder, without '..'")
+        reason = ("a URI, not a key relative to the list file's folder" if "://" in entry
+                  else unsafe_reason(entry))
+        if reason is not None:
+            refs.append(_refused(SceneRef(entry, "", None, None), reason))
+            continue
         key = f"{root}/{entry}"
         try:
             info = fs.info(key)
@@ -142,10 +151,26 @@ def _list_remote_file(fs, protocol: str, path: str) -> list[SceneRef]:
     return refs
 
 
-def _is_safe_key(rel: str) -> bool:
-    parts = rel.split("/")
-    return (all(part not in ("", ".", "..") for part in parts) and "\\" not in rel
-            and rel.isprintable())
+def unsafe_reason(rel: str) -> str | None:
+    """Why a relative name is not a safe scene id ('/'-separated), or None when it is."""
+    if not _is_utf8(rel):
+        return "the name is not valid UTF-8"
+    if not rel.isprintable():
+        return "the name holds a control character (e.g. NUL or a newline)"
+    if "\\" in rel:
+        return "the name holds a backslash"
+    if rel.startswith("/"):
+        return "the name is absolute (a leading '/')"
+    if any(part in ("", ".", "..") for part in rel.split("/")):
+        return "the name has an empty, '.' or '..' path segment"
+    return None
+
+
+def _refused(ref: SceneRef, reason: str) -> SceneRef:
+    """`ref` as a refused scene: an escaped, printable id and no uri to open."""
+    scene_id = ref.scene_id.encode("unicode_escape", "backslashreplace").decode("ascii")
+    log.warning("refusing scene %s: %s", scene_id, reason)
+    return SceneRef(scene_id, "", ref.size, ref.mtime, ref.etag, refused=f"unsafe name: {reason}")
 
 
 def _remote_ref(scene_id: str, uri: str, info: dict) -> SceneRef:
@@ -186,13 +211,18 @@ def _list_file(list_path: Path) -> list[SceneRef]:
         if not entry or entry.startswith("#"):
             continue
         if "://" in entry:
-            raise InputError(f"{list_path}:{number}: only local paths are supported, not {entry!r}")
+            refs.append(_refused(SceneRef(entry, "", None, None),
+                                 "a URI; a list file names local paths"))
+            continue
+        if "\\" in entry or not entry.isprintable():
+            refs.append(_refused(SceneRef(entry, "", None, None), unsafe_reason(entry) or ""))
+            continue
         full = os.path.normpath(os.path.join(root, entry))  # lexical: '..' can't hide
         rel = os.path.relpath(full, os.path.normpath(root) or ".")
         if rel == os.curdir or rel == os.pardir or rel.startswith(os.pardir + os.sep):
-            raise InputError(
-                f"{list_path}:{number}: {entry!r} is outside the list file's directory"
-            )
+            refs.append(_refused(SceneRef(entry, "", None, None),
+                                 "outside the list file's directory"))
+            continue
         refs.append(_ref(rel.replace(os.sep, "/"), Path(full)))
     return refs
 
@@ -221,9 +251,6 @@ def _walk_files(root: Path) -> Iterator[tuple[str, Path]]:
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             if entry.name.startswith(".") or _is_alias_inside(entry, real_root):
-                continue
-            if not entry.name.isprintable() or not _is_utf8(entry.name):
-                log.warning("skipping %r: a scene_id must be printable UTF-8", entry.path)
                 continue
             if _is_dir(entry):
                 subdirs.append((rel, Path(entry.path)))
@@ -272,6 +299,9 @@ def _is_image(name: str) -> bool:
 
 
 def _ref(scene_id: str, path: Path) -> SceneRef:
+    reason = unsafe_reason(scene_id)
+    if reason is not None:  # a file name with a backslash, a control character, non-UTF-8
+        return _refused(SceneRef(scene_id, "", None, None), reason)
     try:
         stat = os.stat(path)
         size, mtime = stat.st_size, stat.st_mtime

@@ -72,6 +72,13 @@ def retrying(fn: Callable[[], T], attempts: int, first_delay_s: float = 0.5,
     raise AssertionError("unreachable")
 
 
+def refused_row(scene_id: str, shard: int, reason: str) -> dict[str, Any]:
+    """The one row of a scene whose name was refused (`SceneRef.refused`): a bad_key error,
+    decided on the driver; the scene never reaches a worker."""
+    return _error_row({"scene_id": scene_id, "uri": "", "shard": int(shard), "tile_size": 0,
+                       "overlap": 0, "seconds": 0.0}, "bad_key", reason)
+
+
 def _error_row(base: dict[str, Any], error_type: str, message: str) -> dict[str, Any]:
     return {**base, "width": 0, "height": 0, "bands": 0, "dtype": "", "crs_wkt": "",
             "transform": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], "nodata": float("nan"),

@@ -86,11 +86,12 @@ def test_list_file_paths_are_relative_to_it(archive):
 @pytest.mark.parametrize("line", ["../outside.tif", "sub/../../outside.tif", "/etc/passwd",
                                   "s3://bucket/x.tif"])
 def test_list_file_refuses_keys_outside_its_directory(archive, line):
+    """Refused, not raised: the entry becomes a bad_key error row and is never opened."""
     listing = archive / "scenes.txt"
     listing.write_text(f"b.tif\n{line}\n")
-    with pytest.raises(InputError, match="scenes.txt:2") as caught:
-        list_scenes(str(listing))
-    assert isinstance(caught.value, UsageError) and "\n" not in str(caught.value)
+    refs = {r.scene_id: r for r in list_scenes(str(listing))}
+    assert refs["b.tif"].refused is None
+    assert refs[line].uri == "" and refs[line].refused.startswith("unsafe name:")
 
 
 def test_absolute_list_entry_inside_the_root_is_fine(archive):
@@ -130,8 +131,10 @@ def test_existing_path_with_glob_characters_is_literal(tmp_path):
     assert ids(list_scenes(str(root))) == ["a.tif"]
 
 
-def test_names_that_cannot_be_scene_ids_are_skipped(tmp_path):
+def test_names_that_cannot_be_scene_ids_are_refused_with_printable_ids(tmp_path):
     touch(tmp_path, "ok.tif")
     (tmp_path / "new\nline.tif").write_bytes(b"x")
     os.close(os.open(os.fsencode(tmp_path) + b"/bad\xff.tif", os.O_CREAT | os.O_WRONLY))
-    assert ids(list_scenes(str(tmp_path))) == ["ok.tif"]
+    refs = list_scenes(str(tmp_path))
+    assert ids(refs) == ["bad\\udcff.tif", "new\\nline.tif", "ok.tif"]
+    assert [bool(r.refused) for r in refs] == [True, True, False]

@@ -70,7 +70,9 @@ def test_listing_an_s3_prefix_glob_and_list_file(s3_prefix, tmp_path):
         fs.put_file(str(tmp_path / "a.tif"), f"{base}/{key}")
     fs.pipe_file(f"{base}/scenes/sub/../evil.tif", b"x")  # a key GDAL would normalise
     refs = list_scenes(f"{s3_prefix}/scenes")
-    assert [r.scene_id for r in refs] == ["a.tif", "sub/b.TIF"]
+    assert [(r.scene_id, bool(r.refused)) for r in refs] == [
+        ("a.tif", False), ("sub/../evil.tif", True), ("sub/b.TIF", False)]  # refused: an error row
+    refs = [r for r in refs if not r.refused]
     assert refs[0].uri == f"{s3_prefix}/scenes/a.tif"
     assert refs[0].size == (tmp_path / "a.tif").stat().st_size and len(refs[0].etag) == 32
     assert refs[0].mtime is not None
