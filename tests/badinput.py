@@ -34,6 +34,8 @@ EXPECTED: dict[str, str | None] = {
     "gray_one_band.tif": "band_count",
     "all_nodata.tif": "all_nodata",
     "bad_crs.tif": "bad_crs",  # ProjectedCSTypeGeoKey patched to EPSG:9999, which PROJ lacks
+    "all_nan_float32.tif": "all_nodata",  # every sample NaN: nothing to predict on
+    "nan_inf_float32.tif": None,  # NaN / +-inf samples are invalid pixels; the rest is predicted
     "good_rgb.tif": None,
     "good_rgbn_uint16.tif": None,
 }
@@ -69,6 +71,12 @@ def write_corpus(dest: str | Path) -> list[Path]:
         _write(dest / "all_nodata.tif", "GTiff", np.zeros((3, 64, 64), np.uint8), crs=_UTM16N,
                nodata=0)
         _write_bad_crs(dest / "bad_crs.tif", rgb[:, :64, :64])
+        _write(dest / "all_nan_float32.tif", "GTiff", np.full((3, 64, 64), np.nan, np.float32),
+               crs=_UTM16N)
+        floats = rgb[:, :64, :64].astype(np.float32)
+        floats[:, :16, :] = np.nan
+        floats[0, 20:30, 20:30], floats[1, 40:, 40:] = np.inf, -np.inf
+        _write(dest / "nan_inf_float32.tif", "GTiff", floats, crs=_UTM16N)
         _write(dest / "good_rgb.tif", "GTiff", rgb[:, :80, :96], crs=_UTM16N)
         rgbn = rng.integers(1, 4096, (4, 72, 60), dtype=np.uint16)
         rgbn[:, :10, :] = 0  # a nodata strip along the top
