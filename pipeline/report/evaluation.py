@@ -60,7 +60,7 @@ def _coco_eval(truth: dict, results: list[dict], iou_type: str, image_ids: list)
     from collections import Counter
 
     from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    from model.cocoeval import SparseCOCOeval
 
     # The private helpers are the ones coco_metrics uses: same defaults, same numbers.
     from model.evaluate import METRICS, CocoMetrics, _result_for, _with_defaults, summarize
@@ -71,7 +71,7 @@ def _coco_eval(truth: dict, results: list[dict], iou_type: str, image_ids: list)
         coco_gt.dataset = _with_defaults(truth)
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(list(results)) if results else COCO()
-        evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+        evaluator = SparseCOCOeval(coco_gt, coco_dt, iou_type)
         evaluator.params.imgIds = list(image_ids)
         max_dets = max([100, *Counter(r["image_id"] for r in results).values()])
         evaluator.params.maxDets = [1, 10, int(max_dets)]
