@@ -516,8 +516,9 @@ def throughput(args, workdir: Path) -> dict:
                  f"infer.batch_size={args.batch_size}", f"infer.actor_cpus={args.actor_cpus:g}",
                  f"infer.num_actors={args.actors}", "infer.device=cpu"]
 
-    # The actor's torch threads (pipeline/infer.py: max(1, round(infer.actor_cpus))).
+    # The actor's torch threads, pinned with infer.threads so the bare forward uses as many.
     threads = max(1, round(args.actor_cpus))
+    overrides.append(f"infer.threads={threads}")
     torch.set_num_threads(threads)
     meta = load_bundle(bundle)
     mean, _ = meta.model.normalization()

@@ -66,6 +66,9 @@ class InferConfig:
     inflight_mib: object-store budget of the inference graph, MiB (0 = auto: four batches per
         actor of float32 tiles, at least 64 MiB). Reads that run ahead of the model wait instead
         of queueing a whole scene's tiles in memory: this is what keeps memory flat in scene size.
+    threads: torch intra-op threads per actor (0 = auto, `pipeline.dataflow.actor_threads`: a
+        GPU actor's reserved CPUs; on CPU, the cluster's CPUs shared between the actors, since
+        the CPU kept for the read tasks is mostly idle).
     """
 
     batch_size: int = 4
@@ -76,8 +79,11 @@ class InferConfig:
     max_pixels: int = 40_000 * 40_000
     device: str = "auto"
     inflight_mib: int = 0
+    threads: int = 0
 
     def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError("threads must be >= 0")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if self.num_actors < 0:

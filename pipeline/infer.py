@@ -68,7 +68,7 @@ def model_source(bundle_uri: str, cfg: Config) -> Source:
     mean, _ = bundle.model.normalization()
     spec = PredictorSpec(TilePredictor, {"bundle_uri": bundle_uri, "device": cfg.infer.device,
                                          "batch_size": cfg.infer.batch_size,
-                                         "threads": max(1, round(cfg.infer.actor_cpus)),
+                                         "threads": cfg.infer.threads,  # 0: dataflow decides
                                          "storage": storage.resolve(cfg.storage).to_dict()},
                          bands=tuple(bundle.model.bands), fill=tuple(mean),
                          uses_gpu=cfg.infer.device != "cpu")

@@ -53,9 +53,7 @@ class TilePredictor:
 
         configure(storage)  # a bundle in object storage: this process's endpoint and timeouts
 
-        if threads:
-            # One intra-op thread per reserved CPU: more threads than the actor's share only
-            # wait on each other (and on the read tasks) on a small machine.
+        if threads:  # decided by pipeline.dataflow.actor_threads unless infer.threads is set
             torch.set_num_threads(threads)
         self.device = resolve_device(device)
         bundle = load_bundle(bundle_uri)

@@ -224,3 +224,14 @@ def test_actor_pool_asks_for_gpus_an_autoscaler_can_add(ray_local):
     assert actor_pool_shape(load_config(), uses_gpu=True) == (1, 1.0, 0.0)
     cuda = load_config(overrides=["infer.device=cuda", "infer.num_actors=3"])
     assert actor_pool_shape(cuda, uses_gpu=True) == (3, 1.0, 1.0)
+
+
+def test_actor_threads_use_the_cpus_the_pool_shares_on_cpu_only():
+    from pipeline.dataflow import actor_threads
+
+    # A lone CPU actor on 2 cores forwards with both: the read tasks' CPU is mostly idle.
+    assert actor_threads(2.0, actors=1, actor_cpus=1.0, actor_gpus=0.0) == 2
+    assert actor_threads(2.0, actors=2, actor_cpus=0.5, actor_gpus=0.0) == 1
+    assert actor_threads(16.0, actors=3, actor_cpus=1.0, actor_gpus=0.0) == 5
+    assert actor_threads(16.0, actors=2, actor_cpus=4.0, actor_gpus=1.0) == 4  # GPU: reserved
+    assert actor_threads(0.0, actors=1, actor_cpus=0.0, actor_gpus=0.0) == 1

@@ -1,0 +1,272 @@
+"""Benchmark: `maskray infer` against SAHI's sliced prediction (the peer), side by side in one run.
+
+Same model bundle (default: the demo's trained bundle, `--bundle`), same large synthetic scene
+with ground truth (`maskray synth`, one scene of `--size` px, cached in `--workdir`), same tile
+size and overlap (the bundle's), same score threshold (the bundle's `box_score_thresh`), and
+nothing downloaded. Each contender runs in a fresh process, and the RSS of its whole process
+tree is sampled every `--rss-interval` s:
+  maskray: `python -m jobs.infer --model BUNDLE --input ARCHIVE --output FRESH`, on its own local
+      Ray cluster, with the defaults a user gets (one actor reserving one CPU, the other left to
+      the read tasks; torch threads auto = every CPU, since the reads barely use theirs), and
+      again with `--set infer.threads=1` (`--maskray-sets`). The tree includes Ray's daemons
+      and workers.
+  sahi (`--merges`, default `GREEDYNMM:IOS:0.5`, SAHI's default, and `NMS:IOU:0.5`): this file
+      with `--sahi-worker`. It reads the scene whole (SAHI slices an in-memory image), wraps the
+      bundle's model (`build_model(paste_masks=True)`, torch's default threads) in
+      `TorchVisionDetectionModel`, and calls `get_sliced_prediction` with slices of the tile size,
+      overlap ratio overlap / tile size, and `perform_standard_pred=False`. SAHI's default adds
+      one more forward over the whole scene, which at 4 096 px is neither sliced inference nor
+      affordable. `force_postprocess_type=True` is set because SAHI would otherwise swap its merge
+      for NMS below a 0.1 threshold. The predictions' polygons become COCO RLEs.
+Both are scored by the same `model.evaluate.coco_metrics` (scene level, every detection counts)
+against the scene's COCO ground truth. Wall time is the process's, start to exit, model load
+included. Ratios are SAHI / maskray: above 1 means maskray is faster or smaller.
+
+SAHI 0.12.8 workarounds (both in `_SafeDetectionModel`):
+- a detection whose thresholded mask yields no polygon of at least 3 points raises
+  `ValueError("Invalid segmentation mask.")` and aborts the whole call, so such detections are
+  dropped first;
+- slices are scaled to [0, 1] when their maximum is above 1, so the model's normalisation is
+  divided by 255 to see the same numbers as in maskray.
+
+    pip install -e '.[bench]'        # sahi==0.12.8
+    python bench/sahi.py --bundle DEMO_OUT/train-run/bundle    # ~15 min on 2 cores at 4 096 px
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(_HERE)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+DEFAULT_MERGES = ("GREEDYNMM:IOS:0.5", "NMS:IOU:0.5")
+
+
+def _bench_pipeline():
+    """bench/pipeline.py (its `measure_tree_rss`), loaded by path: bench/ is not a package."""
+    spec = importlib.util.spec_from_file_location("bench_pipeline", os.path.join(_HERE, "pipeline.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ensure_scene(workdir: Path, size: int, seed: int) -> Path:
+    from pipeline.synth import SynthConfig, generate_archive
+
+    path = workdir / f"scene-{size}-{seed}"
+    if not (path / "synth.json").exists():
+        shutil.rmtree(path, ignore_errors=True)
+        start = time.perf_counter()
+        summary = generate_archive(path, SynthConfig(scenes=1, size=size, seed=seed))
+        print(f"setup: {summary.line()} ({time.perf_counter() - start:.0f} s)", flush=True)
+    return path
+
+
+# ----------------------------------------------------------------------------- SAHI worker
+
+
+def sahi_worker(args: argparse.Namespace) -> int:
+    """Run SAHI once over the scene; write COCO results and SAHI's own durations as JSON."""
+    import numpy as np
+    import rasterio
+    import torch
+    from pycocotools import mask as mask_utils
+    from sahi.models.torchvision import TorchVisionDetectionModel
+    from sahi.predict import get_sliced_prediction
+    from sahi.utils.cv import get_coco_segmentation_from_bool_mask
+
+    from model.bundle import load_bundle
+
+    class _SafeDetectionModel(TorchVisionDetectionModel):
+        def _create_object_prediction_list_from_original_predictions(
+                self, shift_amount_list=[[0, 0]], full_shape_list=None):  # noqa: B006 - SAHI's
+            cleaned = []
+            for p in self._original_predictions:
+                if p.get("masks") is not None and len(p["scores"]):
+                    keep = p["scores"] > self.confidence_threshold
+                    masks = (p["masks"] > self.mask_threshold).cpu().numpy()
+                    for i in torch.nonzero(keep).flatten().tolist():
+                        if not get_coco_segmentation_from_bool_mask(masks[i]):
+                            keep[i] = False
+                    p = {k: v[keep] for k, v in p.items()}
+                cleaned.append(p)
+            self._original_predictions = cleaned
+            super()._create_object_prediction_list_from_original_predictions(
+                shift_amount_list, full_shape_list)
+
+    start = time.perf_counter()
+    bundle = load_bundle(args.bundle)
+    model = bundle.build_model(device="cpu", paste_masks=True)
+    model.transform.image_mean = [m / 255 for m in model.transform.image_mean]
+    model.transform.image_std = [s / 255 for s in model.transform.image_std]
+    names = {str(i + 1): name for i, name in enumerate(bundle.model.classes)}
+    detector = _SafeDetectionModel(model=model, device="cpu",
+                                   confidence_threshold=bundle.model.box_score_thresh,
+                                   mask_threshold=bundle.model.mask_threshold,
+                                   category_mapping=names, load_at_init=True, image_size=None)
+    with rasterio.open(args.scene) as src:
+        image = np.moveaxis(src.read(list(bundle.model.bands)), 0, -1)  # (H, W, 3) RGB
+    kind, metric, threshold = args.merge.split(":")
+    tile, overlap = bundle.tile_size, bundle.overlap
+    with torch.inference_mode():
+        result = get_sliced_prediction(
+            image, detector, slice_height=tile, slice_width=tile,
+            overlap_height_ratio=overlap / tile, overlap_width_ratio=overlap / tile,
+            perform_standard_pred=False, postprocess_type=kind,
+            postprocess_match_metric=metric, postprocess_match_threshold=float(threshold),
+            postprocess_class_agnostic=False, force_postprocess_type=True, verbose=0)
+    height, width = image.shape[:2]
+    results = []
+    for p in result.object_prediction_list:
+        polygons = [poly for poly in p.mask.segmentation if len(poly) >= 6]
+        if not polygons:
+            continue
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+        rle["counts"] = rle["counts"].decode("ascii")
+        results.append({"image_id": args.image_id, "category_id": int(p.category.id),
+                        "score": float(p.score.value), "segmentation": rle})
+    Path(args.results).write_text(json.dumps({
+        "results": results, "durations": result.durations_in_seconds,
+        "seconds": time.perf_counter() - start}))
+    return 0
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _score(gt: dict, results: list[dict]) -> dict:
+    from model.evaluate import coco_metrics
+
+    metrics = coco_metrics(gt, results, "segm").metrics
+    return {"AP": metrics["AP"], "AP50": metrics["AP50"], "detections": len(results)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from model.bundle import load_bundle
+    from model.evaluate import evaluate_output
+
+    bench = _bench_pipeline()
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    archive = ensure_scene(workdir, args.size, args.seed)
+    gt = json.loads((archive / "annotations.json").read_text())
+    scene = archive / gt["images"][0]["file_name"]
+    bundle = load_bundle(args.bundle)
+    # SAHI's category ids are the model's labels; ground truth ids may differ: map by name.
+    gt_id = {c["name"]: c["id"] for c in gt["categories"]}
+    label_to_gt = {i + 1: gt_id[name] for i, name in enumerate(bundle.model.classes)
+                   if name in gt_id}
+    print(f"scene {scene.name}: {args.size} px, {len(gt['annotations'])} objects; bundle "
+          f"{bundle.model_id} ({bundle.model.backbone}), tile {bundle.tile_size} overlap "
+          f"{bundle.overlap}, score >= {bundle.model.box_score_thresh}; {os.cpu_count()} CPUs",
+          flush=True)
+
+    rows = []
+    for rep in range(args.reps):
+        for k, setting in enumerate(args.maskray_sets):
+            out = workdir / f"maskray-out-{rep}-{k}"
+            shutil.rmtree(out, ignore_errors=True)
+            extra = ["--set", setting] if setting else []
+            measured = bench.measure_tree_rss(
+                [sys.executable, "-m", "jobs.infer", "--model", args.bundle, "--input",
+                 str(archive), "--output", str(out), "--quiet", *extra],
+                workdir / f"maskray-{rep}-{k}.log", args.rss_interval, args.timeout)
+            if measured["returncode"] != 0:
+                raise SystemExit(f"maskray infer failed: see {workdir / f'maskray-{rep}-{k}.log'}")
+            metrics = evaluate_output(str(out), archive / "annotations.json").metrics
+            rows.append((f"maskray infer {setting}".strip(), rep, measured,
+                         {"AP": metrics["AP"], "AP50": metrics["AP50"],
+                          "detections": len(_instances(out))}))
+            _print_row(rows[-1])
+        for merge in args.merges:
+            results_path = workdir / f"sahi-{merge.replace(':', '-')}-{rep}.json"
+            measured = bench.measure_tree_rss(
+                [sys.executable, os.path.abspath(__file__), "--sahi-worker", "--bundle",
+                 args.bundle, "--scene", str(scene), "--merge", merge,
+                 "--image-id", str(gt["images"][0]["id"]), "--results", str(results_path)],
+                workdir / f"sahi-{rep}.log", args.rss_interval, args.timeout)
+            if measured["returncode"] != 0:
+                raise SystemExit(f"SAHI failed: see {workdir / f'sahi-{rep}.log'}")
+            found = json.loads(results_path.read_text())
+            results = [{**r, "category_id": label_to_gt[r["category_id"]]}
+                       for r in found["results"] if r["category_id"] in label_to_gt]
+            rows.append((f"sahi {merge}", rep, measured, _score(gt, results)))
+            _print_row(rows[-1])
+    _print_table(rows)
+    return 0
+
+
+def _instances(out: Path):
+    from pipeline.dataset import read_instances
+
+    return read_instances(str(out), columns=["scene_id"]).column("scene_id").to_pylist()
+
+
+def _print_row(row) -> None:
+    name, rep, m, s = row
+    print(f"  rep {rep} {name:<30} wall {m['wall_s']:7.1f} s  peak RSS {m['peak_mib']:7.0f} MiB "
+          f"(PSS {m['peak_pss_mib']:6.0f})  AP {s['AP']:.4f}  AP50 {s['AP50']:.4f}  "
+          f"detections {s['detections']}", flush=True)
+
+
+def _print_table(rows) -> None:
+    import statistics
+
+    names = list(dict.fromkeys(r[0] for r in rows))
+    med = {}
+    for name in names:
+        mine = [r for r in rows if r[0] == name]
+        med[name] = {
+            "wall": statistics.median(r[2]["wall_s"] for r in mine),
+            "rss": statistics.median(r[2]["peak_mib"] for r in mine),
+            "pss": statistics.median(r[2]["peak_pss_mib"] for r in mine),
+            "AP": mine[0][3]["AP"], "AP50": mine[0][3]["AP50"],
+            "detections": mine[0][3]["detections"]}
+    ours = med["maskray infer"]
+    print("\n| method | wall s | peak RSS MiB | peak PSS MiB | mask AP | mask AP50 | detections "
+          "| wall vs maskray | RSS vs maskray |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name in names:
+        m = med[name]
+        print(f"| {name} | {m['wall']:.1f} | {m['rss']:.0f} | {m['pss']:.0f} | {m['AP']:.4f} | "
+              f"{m['AP50']:.4f} | {m['detections']} | {m['wall'] / ours['wall']:.2f}x | "
+              f"{m['rss'] / ours['rss']:.2f}x |")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--bundle", required=True, help="model bundle (e.g. the demo's)")
+    parser.add_argument("--size", type=int, default=4096, help="scene side, px")
+    parser.add_argument("--seed", type=int, default=5, help="synthetic scene seed")
+    parser.add_argument("--merges", type=lambda s: s.split(","), default=list(DEFAULT_MERGES),
+                        help="SAHI postprocess settings, TYPE:METRIC:THRESHOLD, comma-separated")
+    parser.add_argument("--maskray-sets", type=lambda s: s.split(","),
+                        default=["", "infer.threads=1"],
+                        help="maskray runs: one per entry, each with that `--set` (empty: defaults)")
+    parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--workdir", default=os.path.join(ROOT, ".bench", "sahi"))
+    parser.add_argument("--rss-interval", type=float, default=0.2)
+    parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--sahi-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--scene", help=argparse.SUPPRESS)
+    parser.add_argument("--merge", help=argparse.SUPPRESS)
+    parser.add_argument("--image-id", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--results", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    return sahi_worker(args) if args.sahi_worker else run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
