@@ -1,14 +1,14 @@
 """pycocotools' `COCOeval` with the same results, fast on scenes with thousands of objects.
 
-`COCOeval.evaluateImg` matches detections to ground truth in a pure-Python triple loop: for
-every IoU threshold, every detection walks EVERY ground-truth object of its image and class.
-A 4 096 px scene with 6 000 vehicles and as many detections is 10 x 6 000 x 6 000 = 3.6e8
-Python steps per area range: 605 s for the whole scene, against 3.3 s here. Almost every pair
-has IoU 0, and a pair below the threshold can never match, so `SparseCOCOeval` walks, per detection, only the ground truth it
-overlaps at least at the lowest threshold, in pycocotools' order and with its rules: already
-matched non-crowd objects are skipped; once a detection holds a non-ignored match it stops at the
-first ignored object; a later object of equal IoU replaces the match, as `<` makes it do. The
-result dicts are identical (tests/model/test_cocoeval.py compares them field by field).
+`COCOeval.evaluateImg` matches detections to ground truth in a pure-Python triple loop: for every
+IoU threshold, every detection walks EVERY ground-truth object of its image and class. A 4 096 px
+scene with 6 000 vehicles and as many detections is 10 x 6 000 x 6 000 = 3.6e8 Python steps per
+area range: 605 s for the whole scene, against 3.3 s here. Almost every pair has IoU 0, and a pair
+below the threshold can never match, so `SparseCOCOeval` walks, per detection, only the ground
+truth it overlaps at least at the lowest threshold, in pycocotools' order and with its rules:
+already matched non-crowd objects are skipped; once a detection holds a non-ignored match it stops
+at the first ignored object; a later object of equal IoU replaces the match, as `<` makes it do.
+The result dicts are identical (tests/model/test_cocoeval.py compares them field by field).
 """
 
 from __future__ import annotations
