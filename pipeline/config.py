@@ -69,6 +69,10 @@ class InferConfig:
     threads: torch intra-op threads per actor (0 = auto, `pipeline.dataflow.actor_threads`: a
         GPU actor's reserved CPUs; on CPU, the cluster's CPUs shared between the actors, since
         the CPU kept for the read tasks is mostly idle).
+    stall_timeout_s: a run whose graph makes no progress for this long fails in one line
+        (Ray Data's no-progress guard), e.g. when other jobs hold the CPUs its read tasks need;
+        the shards committed so far are kept. -1: wait for ever (for a cluster that scales up
+        slowly).
     """
 
     batch_size: int = 4
@@ -80,10 +84,13 @@ class InferConfig:
     device: str = "auto"
     inflight_mib: int = 0
     threads: int = 0
+    stall_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
+        if self.stall_timeout_s <= 0 and self.stall_timeout_s != -1:
+            raise ValueError("stall_timeout_s must be > 0, or -1 to wait for ever")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if self.num_actors < 0:

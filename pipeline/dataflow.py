@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import ray
+from ray.data.exceptions import ExecutionTimeoutError
 
 from pipeline import storage
 from pipeline.config import Config
+from pipeline.errors import MaskrayError
 from pipeline.shards import SceneResult, ShardAssembler
 from pipeline.tiles import plan_scene, read_tiles, refused_row
 
@@ -30,6 +32,11 @@ log = logging.getLogger(__name__)
 MIB = 1 << 20
 MIN_INFLIGHT = 64 * MIB  # the smallest object-store budget of the graph
 READ_TASK_MEMORY = 192 * MIB  # a read task's worker besides its batch (measured ~160 MiB)
+
+
+class RunStalled(MaskrayError):
+    """The graph made no progress for `infer.stall_timeout_s`: its tasks or actors got no CPU
+    or GPU (one line, exit 1; the shards committed so far are kept)."""
 
 
 @dataclass(frozen=True)
@@ -159,13 +166,34 @@ def run_tiles(scenes: Sequence[tuple[str, str, int]], cfg: Config, spec: Predict
     # single block already holds. Blocks of about one batch let backpressure pause the reads
     # between batches.
     ds.context.target_max_block_size = max(MIB, batch_block_bytes(cfg, len(spec.bands)))
+    ds.context.execution_no_progress_timeout_s = cfg.infer.stall_timeout_s
     log.info("in-flight budget: %.0f MiB of object store", budget / MIB)
     stats, start = FlowStats(), time.perf_counter()
-    for row in ds.iter_rows():
-        stats.tiles += int(row["tile_index"]) >= 0
-        for shard in assembler.add(row):
-            on_shard(shard)
+    try:
+        for row in ds.iter_rows():
+            stats.tiles += int(row["tile_index"]) >= 0
+            for shard in assembler.add(row):
+                on_shard(shard)
+    except Exception as exc:  # noqa: BLE001 - looking for the guard's error inside Ray's wrappers
+        if not _caused_by(exc, ExecutionTimeoutError):
+            raise
+        raise RunStalled(
+            f"no tile made progress for {cfg.infer.stall_timeout_s:g} s: the read tasks or the "
+            f"model actors ({actors} x {actor_cpus:g} CPU, {actor_gpus:g} GPU) got no CPU or GPU "
+            "on this cluster; other jobs may hold them (lower infer.actor_cpus, add nodes, or "
+            "raise infer.stall_timeout_s). The shards committed so far are kept: re-run to "
+            "finish") from None
     stats.seconds = time.perf_counter() - start
     if assembler.open_shards:
         raise RuntimeError(f"{assembler.open_shards} shard(s) never completed")
     return stats
+
+
+def _caused_by(exc: BaseException, kind: type) -> bool:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -85,3 +85,45 @@ def test_two_drivers_without_the_lease_commit_each_part_once_and_readers_see_who
     assert not fs.exists(f"{root}/{commit.STAGING}") or not fs.find(f"{root}/{commit.STAGING}")
     records = commit.read_run_records(fs, root)
     assert sorted(r["status"] for r in records) == ["succeeded", "succeeded"]
+
+
+def test_two_runs_that_do_not_fit_the_cluster_fail_in_one_line_instead_of_hanging(
+        ray_local, archive, tmp_path, monkeypatch):
+    """With a whole CPU per actor, two runs on the 2-CPU cluster leave their read tasks no CPU.
+    Ray Data's no-progress guard (`infer.stall_timeout_s`) ends a stalled run with RunStalled,
+    which frees its actor's CPU; what was committed is whole, and a re-run completes."""
+    from pipeline.dataflow import RunStalled
+
+    monkeypatch.setattr(Lease, "acquire", lambda self: None)
+    cfg = load_config(overrides=[*OVERRIDES[:-1], "infer.actor_cpus=1", "infer.stall_timeout_s=15"])
+    source = labels_source(str(archive / "annotations.json"), str(archive))
+    out = tmp_path / "out"
+    outcomes: list[object] = []
+
+    def drive() -> None:
+        try:
+            outcomes.append(run_inference(source, str(archive), str(out), cfg))
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            outcomes.append(exc)
+
+    start = time.monotonic()
+    drivers = [threading.Thread(target=drive, daemon=True) for _ in range(2)]
+    for thread in drivers:
+        thread.start()
+    for thread in drivers:
+        thread.join(timeout=300)
+    assert not any(t.is_alive() for t in drivers), "a run hung"
+    stalled = [o for o in outcomes if isinstance(o, RunStalled)]
+    assert stalled and all(isinstance(o, RunStalled) or hasattr(o, "scenes_ok") for o in outcomes), outcomes
+    message = str(stalled[0])
+    assert message.startswith("no tile made progress for 15 s") and "\n" not in message
+    print(f"{len(stalled)} of 2 runs stalled; {time.monotonic() - start:.0f} s", file=sys.stderr)
+    if (out / "scenes").exists():  # what was committed is whole
+        seen = Counter(read_instances(str(out)).column("scene_id").to_pylist())
+        done = set(read_scenes(str(out)).column("scene_id").to_pylist())
+        assert set(seen) <= done
+    clean = tmp_path / "clean"
+    fit = load_config(overrides=OVERRIDES)
+    run_inference(source, str(archive), str(clean), fit)
+    run_inference(source, str(archive), str(out), fit)  # the re-run finishes the job
+    assert comparable_rows(str(out)) == comparable_rows(str(clean))
