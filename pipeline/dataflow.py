@@ -23,7 +23,7 @@ from ray.data.exceptions import ExecutionTimeoutError
 
 from pipeline import storage
 from pipeline.config import Config
-from pipeline.errors import MaskrayError
+from pipeline.errors import MaskrayError, find_cause
 from pipeline.shards import SceneResult, ShardAssembler
 from pipeline.tiles import plan_scene, read_tiles, refused_row
 
@@ -175,7 +175,7 @@ def run_tiles(scenes: Sequence[tuple[str, str, int]], cfg: Config, spec: Predict
             for shard in assembler.add(row):
                 on_shard(shard)
     except Exception as exc:  # noqa: BLE001 - looking for the guard's error inside Ray's wrappers
-        if not _caused_by(exc, ExecutionTimeoutError):
+        if find_cause(exc, ExecutionTimeoutError) is None:
             raise
         raise RunStalled(
             f"no tile made progress for {cfg.infer.stall_timeout_s:g} s: the read tasks or the "
@@ -188,12 +188,3 @@ def run_tiles(scenes: Sequence[tuple[str, str, int]], cfg: Config, spec: Predict
         raise RuntimeError(f"{assembler.open_shards} shard(s) never completed")
     return stats
 
-
-def _caused_by(exc: BaseException, kind: type) -> bool:
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, kind):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False

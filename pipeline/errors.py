@@ -19,3 +19,20 @@ class ConfigError(UsageError):
 
 class BundleError(MaskrayError):
     """A model bundle that is missing a file, fails its checksum or does not match its config."""
+
+
+def find_cause(exc: BaseException, kind: type) -> BaseException | None:
+    """The first exception of `kind` in `exc`'s chain (__cause__, __context__, and the `cause`
+    Ray's task errors carry), or None."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, kind):
+            return e
+        stack += [c for c in (e.__cause__, e.__context__, getattr(e, "cause", None))
+                  if isinstance(c, BaseException)]
+    return None

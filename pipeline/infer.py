@@ -26,7 +26,7 @@ from affine import Affine
 from pipeline import commit, incremental, storage
 from pipeline.config import Config, config_hash, config_to_dict
 from pipeline.dataflow import FlowStats, PredictorSpec, run_tiles
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, find_cause
 from pipeline.lease import Lease
 from pipeline.raster_io import StorageUnavailable
 from pipeline.rows import SceneInfo, build_shard_tables
@@ -231,27 +231,12 @@ def _storage_failures(input_uri: str, output_uri: str) -> Iterator[None]:
     except Exception as exc:  # noqa: BLE001 - looking for the cause inside Ray's wrappers
         if type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs"):
             raise storage.storage_error(exc, output_uri) from None  # a commit the store refused
-        cause = _find_cause(exc, StorageUnavailable)
+        cause = find_cause(exc, StorageUnavailable)
         if cause is None:
             raise
         raise storage.StorageError(
             f"{input_uri}: object store unavailable while reading scenes ({cause}); the shards "
             "committed so far are kept, re-run to process the rest") from None
-
-
-def _find_cause(exc: BaseException, kind: type) -> BaseException | None:
-    seen: set[int] = set()
-    stack = [exc]
-    while stack:
-        e = stack.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, kind):
-            return e
-        stack += [c for c in (e.__cause__, e.__context__, getattr(e, "cause", None))
-                  if isinstance(c, BaseException)]
-    return None
 
 
 def _process(fs: Any, root: str, source: Source, cfg: Config, input_uri: str, output_uri: str,
