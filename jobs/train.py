@@ -138,6 +138,11 @@ def _resolve_run(args: argparse.Namespace):
         if out.exists(f"ray/{RUN_NAME}"):
             raise UsageError(f"{cfg.train.out} already holds a training run: continue it with "
                              f"--resume {cfg.train.out}, or set another train.out")
+    # Ray Train's workers do not run in the driver's directory: a relative local path would name
+    # nothing there, so local paths travel absolute (and are saved so for --resume).
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **{
+        key: str(Path(path).resolve()) for key in ("data", "val_data")
+        if (path := getattr(cfg.train, key)) and not storage.is_remote(path)}))
     for key in ("data", "val_data"):
         path = getattr(cfg.train, key)
         if key == "data" and not path:

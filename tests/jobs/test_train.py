@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 
@@ -217,3 +218,16 @@ def test_learning_rate_recipe():
     assert lr_factor(100, 100, cfg) == pytest.approx(0.0, abs=1e-12)
     step = TrainConfig(warmup_steps=0, schedule="step")
     assert [lr_factor(s, 90, step) for s in (0, 59, 60, 80)] == pytest.approx([1, 1, 0.1, 0.01])
+
+
+def test_relative_local_paths_reach_the_workers_absolute(chips, tmp_path, monkeypatch):
+    """Ray Train's workers do not run in the driver's directory: a relative train.data used to
+    fail there with 'cannot read training labels'."""
+    labels = chips / "annotations.json"
+    monkeypatch.chdir(chips.parent)
+    relative = os.path.relpath(labels, chips.parent)
+    args = train_job.build_parser().parse_args(
+        ["--set", f"train.data={relative}", "--set", f"train.val_data={relative}",
+         "--set", f"train.out={tmp_path / 'run'}"])
+    cfg, _ = train_job._resolve_run(args)
+    assert cfg.train.data == cfg.train.val_data == str(labels.resolve())
