@@ -356,6 +356,7 @@ def time_driver(batches, outputs, bundle: Path, overrides: list[str], output: Pa
     from pipeline.infer import RunSummary, ShardWriter, model_source
     from pipeline.masks import encode_box_masks
     from pipeline.predictor import place_in_scene
+    from pipeline.scenes import SceneRef
     from pipeline.shards import ShardAssembler
 
     cfg = load_config(None, overrides)
@@ -376,7 +377,9 @@ def time_driver(batches, outputs, bundle: Path, overrides: list[str], output: Pa
     shutil.rmtree(output, ignore_errors=True)
     fs, root = commit.open_root(str(output))
     summary = RunSummary(commit.new_run_id(), source.model_id)
-    writer = ShardWriter(fs, root, source, cfg, summary, {})
+    refs = {sid: SceneRef(sid, uri, os.path.getsize(uri), os.path.getmtime(uri))
+            for sid, uri in scenes.items()}
+    writer = ShardWriter(fs, root, source, cfg, summary, refs, {})
     start = time.perf_counter()
     assembler = ShardAssembler([(sid, uri, 0) for sid, uri in sorted(scenes.items())])
     for row in rows:

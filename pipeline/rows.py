@@ -33,11 +33,13 @@ from rasterio.crs import CRS
 
 from pipeline import rle
 from pipeline.detection import Detection
-from pipeline.geometry import geometry_bounds, geometry_to_wkb, mask_to_geometry
+from pipeline.geometry import masks_to_geometries
 from pipeline.schema import (BBOX_TYPE, GEOMETRY_TYPES, INSTANCE_SCHEMA, MASK_RLE_TYPE,
                              PX_BBOX_TYPE, SCENE_SCHEMA, SCENE_STATUSES, build_geo_metadata)
 
 log = logging.getLogger(__name__)
+
+OUTLINE_CHUNK = 4096  # detections outlined at a time (bounds the decoded masks held)
 
 
 @dataclass(frozen=True)
@@ -105,40 +107,37 @@ def build_instance_table(scene: SceneInfo, detections: Sequence[Detection], mode
     detections: scene-frame `Detection`s (or stitched instances with an `instance_id`), box-local
         RLE masks. Detections whose mask is empty carry no object and are dropped (logged).
     class_names: indexed by class_id (a list with background at 0, or {class_id: name}).
-    Geometry: `pipeline.geometry.mask_to_geometry` on the box-local mask, in the scene CRS, or in
-    pixels when the scene has no CRS; bbox = geometry bounds; area_px from the RLE.
+    Geometry: the box-local mask's outline (`pipeline.geometry.masks_to_geometries`, equal to
+    `mask_to_geometry` per mask), in the scene CRS, or in pixels when the scene has no CRS; bbox =
+    geometry bounds; area_px from the RLE.
     """
     transform = scene.affine if scene.crs_wkt is not None else None
-    rows = []
-    # One GDAL environment for the scene: polygonize otherwise sets one up per call (~30%).
-    with rasterio.Env():
-        for iid, det in _number(detections):
-            _check_detection(det)
-            area = rle.area(det.rle)
-            if area == 0:
-                log.warning("scene %s: dropping a detection with an empty mask", scene.scene_id)
-                continue
-            geom = _polygonal(mask_to_geometry(rle.decode(det.rle), det.x0, det.y0, transform))
-            rows.append((iid, det, area, geometry_to_wkb(geom), geometry_bounds(geom)))
-    rows.sort(key=lambda r: (r[1].y0, r[1].x0, r[0]))
-    n = len(rows)
-    box = {k: pa.array([getattr(r[1], k) for r in rows], pa.int32())
-           for k in ("x0", "y0", "x1", "y1")}
-    names = [_class_name(class_names, r[1].class_id) for r in rows]
-    bounds = np.array([r[4] for r in rows], dtype=np.float64).reshape(n, 4)
+    kept = []
+    for iid, det in _number(detections):
+        _check_detection(det)
+        area = rle.area(det.rle)
+        if area == 0:
+            log.warning("scene %s: dropping a detection with an empty mask", scene.scene_id)
+            continue
+        kept.append((iid, det, area))
+    kept.sort(key=lambda r: (r[1].y0, r[1].x0, r[0]))
+    dets = [det for _, det, _ in kept]
+    wkb, bounds = _outlines(dets, transform)
+    n = len(dets)
+    box = {k: pa.array([getattr(d, k) for d in dets], pa.int32()) for k in ("x0", "y0", "x1", "y1")}
     columns = {
         "scene_id": pa.array([scene.scene_id] * n, pa.string()),
-        "instance_id": pa.array([r[0] for r in rows], pa.int64()),
-        "class_id": pa.array([r[1].class_id for r in rows], pa.int16()),
-        "class_name": pa.array(names, pa.string()),
-        "score": pa.array([r[1].score for r in rows], pa.float32()),
+        "instance_id": pa.array([iid for iid, _, _ in kept], pa.int64()),
+        "class_id": pa.array([d.class_id for d in dets], pa.int16()),
+        "class_name": pa.array([_class_name(class_names, d.class_id) for d in dets], pa.string()),
+        "score": pa.array([d.score for d in dets], pa.float32()),
         "px_bbox": pa.StructArray.from_arrays(list(box.values()), fields=list(PX_BBOX_TYPE)),
         "mask_rle": pa.StructArray.from_arrays(
-            [pa.array([list(r[1].rle["size"]) for r in rows], pa.list_(pa.int32())),
-             pa.array([bytes(r[1].rle["counts"]) for r in rows], pa.binary())],
+            [pa.array([list(d.rle["size"]) for d in dets], pa.list_(pa.int32())),
+             pa.array([bytes(d.rle["counts"]) for d in dets], pa.binary())],
             fields=list(MASK_RLE_TYPE)),
-        "area_px": pa.array([r[2] for r in rows], pa.int64()),
-        "geometry": pa.array([r[3] for r in rows], pa.binary()),
+        "area_px": pa.array([area for _, _, area in kept], pa.int64()),
+        "geometry": pa.array(wkb, pa.binary()),
         "bbox": pa.StructArray.from_arrays([pa.array(bounds[:, i]) for i in range(4)],
                                            fields=list(BBOX_TYPE)),
         "model_id": pa.array([model_id] * n, pa.string()),
@@ -171,6 +170,25 @@ def build_shard_tables(
         counts.append(table.num_rows)
     instances = pa.concat_tables(parts) if parts else INSTANCE_SCHEMA.empty_table()
     return instances, build_scene_table([s for s, _ in scenes], counts, model_id, run_id)
+
+
+def _outlines(detections: Sequence[Detection], transform: Affine | None
+              ) -> tuple[list[bytes], np.ndarray]:
+    """(ISO WKB per detection, (n, 4) float64 bounds) of the detections' outlines in the scene CRS
+    (pixels without one). In chunks of OUTLINE_CHUNK, so the decoded masks and shapely objects of
+    a scene with a million instances never exist at once; what is kept is bytes and floats."""
+    wkb: list[bytes] = []
+    bounds = np.empty((len(detections), 4), dtype=np.float64)
+    # One GDAL environment for the scene: polygonize otherwise sets one up per call.
+    with rasterio.Env():
+        for start in range(0, len(detections), OUTLINE_CHUNK):
+            chunk = detections[start:start + OUTLINE_CHUNK]
+            geoms = np.array([_polygonal(g) for g in masks_to_geometries(
+                [(rle.decode(d.rle), d.x0, d.y0) for d in chunk], transform)], dtype=object)
+            wkb.extend(shapely.to_wkb(geoms, hex=False, output_dimension=2, byte_order=1,
+                                      flavor="iso").tolist())
+            bounds[start:start + len(chunk)] = shapely.bounds(geoms)
+    return wkb, bounds
 
 
 def _number(detections: Sequence[Detection]) -> list[tuple[int, Detection]]:

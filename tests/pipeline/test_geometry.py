@@ -16,6 +16,7 @@ from pipeline.geometry import (
     geometry_to_wkb,
     mask_grid_transform,
     mask_to_geometry,
+    masks_to_geometries,
     rasterize_geometry,
 )
 
@@ -92,3 +93,31 @@ def test_rasterising_the_outline_gives_back_the_mask(mask, x0, y0, transform):
         assert geom.area == mask.sum()
     back = rasterize_geometry(geom, mask.shape[0], mask.shape[1], x0, y0, transform)
     np.testing.assert_array_equal(back, mask)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    masks=st.lists(st.tuples(hnp.arrays(bool, st.tuples(st.integers(1, 14), st.integers(1, 14))),
+                             st.integers(0, 5000), st.integers(0, 5000)), max_size=40),
+    transform=st.sampled_from([None, UTM_HALF_METRE, ROTATED]),
+    canvas_pixels=st.sampled_from([64, 1 << 22]),
+)
+def test_batched_outlines_equal_one_by_one_to_the_bit(masks, transform, canvas_pixels):
+    """Packing masks onto shared canvases (several canvases when small) changes nothing: same
+    WKB bytes as `mask_to_geometry` mask by mask, empty masks included."""
+    batched = masks_to_geometries(masks, transform, canvas_pixels=canvas_pixels)
+    assert len(batched) == len(masks)
+    for (mask, x0, y0), geom in zip(masks, batched):
+        assert geometry_to_wkb(geom) == geometry_to_wkb(mask_to_geometry(mask, x0, y0, transform))
+
+
+def test_batched_outlines_of_a_mask_wider_than_a_canvas():
+    big = np.ones((40, 3000), bool)
+    big[10:20, 100:200] = False  # a hole
+    small = np.eye(5, dtype=bool)  # five pieces touching at corners
+    masks = [(small, 0, 0), (big, 10, 20), (small, 9, 9)]
+    batched = masks_to_geometries(masks, UTM_HALF_METRE, canvas_pixels=1000)
+    for (mask, x0, y0), geom in zip(masks, batched):
+        assert geom.is_valid
+        assert geometry_to_wkb(geom) == geometry_to_wkb(mask_to_geometry(mask, x0, y0,
+                                                                         UTM_HALF_METRE))
