@@ -1,10 +1,10 @@
-"""Benchmark: `maskray infer` against SAHI's sliced prediction (the peer), side by side in one run.
+"""Benchmark: `maskray infer` against SAHI's sliced prediction and a naive Ray Data baseline.
 
 Same model bundle (default: the demo's trained bundle, `--bundle`), same large synthetic scene
 with ground truth (`maskray synth`, one scene of `--size` px, cached in `--workdir`), same tile
 size and overlap (the bundle's), same score threshold (the bundle's `box_score_thresh`), and
-nothing downloaded. Each contender runs in a fresh process, and the RSS of its whole process
-tree is sampled every `--rss-interval` s:
+nothing downloaded. `--contenders` picks which run (default all three). Each runs in a fresh
+process, and the RSS of its whole process tree is sampled every `--rss-interval` s:
   maskray: `python -m jobs.infer --model BUNDLE --input ARCHIVE --output FRESH`, on its own local
       Ray cluster, with the defaults a user gets (one actor reserving one CPU, the other left to
       the read tasks; torch threads auto = every CPU, since the reads barely use theirs), and
@@ -18,9 +18,27 @@ tree is sampled every `--rss-interval` s:
       one more forward over the whole scene, which at 4 096 px is neither sliced inference nor
       affordable. `force_postprocess_type=True` is set because SAHI would otherwise swap its merge
       for NMS below a 0.1 threshold. The predictions' polygons become COCO RLEs.
-Both are scored by the same `model.evaluate.coco_metrics` (scene level, every detection counts)
+  naive ray example: this file with `--naive-worker`, written the way Ray's "Object Detection
+      Batch Inference with PyTorch" example is. It cuts the scene into 8-bit RGB PNG tiles (the
+      maskray grid, `pipeline.tiling.grid_windows` with the bundle's tile size and overlap; offsets
+      in the file names), as a user would with gdal_retile, then on its own local Ray cluster (all
+      CPUs, no dashboard) runs `read_images(TILES, include_paths=True)` -> `map_batches` of a
+      callable class (one actor, `num_cpus=1`, batch size 4) whose `__call__` feeds the batch to
+      the bundle's model (`build_model(paste_masks=True)`: torchvision's full-tile masks) as a list
+      of raw-unit float tensors (under `torch.inference_mode()`, as the others; the example has
+      none) and returns per tile the path, boxes, labels, scores and masks thresholded
+      (`> mask_threshold`) to (N, tile, tile) uint8 -> `take_all()`: every tile's output in the
+      driver at once.
+      Torch threads are torch's default in a Ray actor: Ray sets OMP_NUM_THREADS to the actor's
+      `num_cpus`, so 1. The driver then shifts each detection into the scene frame as a scene-sized
+      COCO RLE (built from the tile's runs: the RLE pycocotools makes of the mask pasted into a
+      zero scene array, without that array) and keeps every one: no merge, so objects on the
+      overlaps are found once per tile that sees them. The worker reports the cut, ray.init,
+      read + predict + take_all and encode seconds, and the megabytes of masks taken.
+All are scored by the same `model.evaluate.coco_metrics` (scene level, every detection counts)
 against the scene's COCO ground truth. Wall time is the process's, start to exit, model load
-included. Ratios are SAHI / maskray: above 1 means maskray is faster or smaller.
+included (and, for the naive run, the tile cut). Ratios are contender / first maskray run: above
+1 means maskray is faster or smaller.
 
 SAHI 0.12.8 workarounds (both in `_SafeDetectionModel`):
 - a detection whose thresholded mask yields no polygon of at least 3 points raises
@@ -39,6 +57,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -51,6 +70,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 DEFAULT_MERGES = ("GREEDYNMM:IOS:0.5", "NMS:IOU:0.5")
+CONTENDERS = ("maskray", "sahi", "naive")
 
 
 def _bench_pipeline():
@@ -142,6 +162,116 @@ def sahi_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- naive Ray worker
+
+NAIVE_BATCH_SIZE = 4  # the example's batch_size
+_TILE_NAME = re.compile(r"tile_x(\d+)_y(\d+)\.png$")
+
+
+class _NaiveModel:
+    """The example's callable class: the model is built once per actor in `__init__`; `__call__`
+    feeds the batch's images to it as a list and returns its outputs, masks full tile size."""
+
+    def __init__(self, bundle_path: str):
+        from model.bundle import load_bundle
+
+        bundle = load_bundle(bundle_path)
+        self.model = bundle.build_model(device="cpu", paste_masks=True)
+        self.mask_threshold = bundle.model.mask_threshold
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+        import torch
+
+        # Raw 0-255 values, as maskray feeds them: the transform normalises in raw units.
+        inputs = [torch.from_numpy(img).permute(2, 0, 1).float() for img in batch["image"]]
+        with torch.inference_mode():  # as the other contenders (the example has no such guard)
+            outputs = self.model(inputs)
+        return {
+            "path": batch["path"],
+            "boxes": [o["boxes"].numpy() for o in outputs],
+            "labels": [o["labels"].numpy() for o in outputs],
+            "scores": [o["scores"].numpy() for o in outputs],
+            # (N, 1, T, T) probabilities -> (N, T, T) 0/1, `>` as in pipeline.masks and SAHI.
+            "masks": [(o["masks"][:, 0] > self.mask_threshold).numpy().astype(np.uint8)
+                      for o in outputs],
+            "torch_threads": np.full(len(outputs), torch.get_num_threads()),
+        }
+
+
+def naive_worker(args: argparse.Namespace) -> int:
+    """Cut the scene into PNG tiles, run Ray's batch-inference example over them, and write every
+    detection as a scene-frame COCO result (no merge across seams) with the stage times as JSON."""
+    import logging
+
+    import numpy as np
+    import rasterio
+    import ray
+    from PIL import Image
+    from rasterio.windows import Window
+
+    from model.bundle import load_bundle
+    from pipeline import rle
+    from pipeline.tiling import grid_windows
+
+    start = time.perf_counter()
+    bundle = load_bundle(args.bundle, verify=False)  # the actor's build_model verifies
+    bands, tile = list(bundle.model.bands), bundle.tile_size
+    tiles_dir = Path(args.tiles)
+    shutil.rmtree(tiles_dir, ignore_errors=True)
+    tiles_dir.mkdir(parents=True)
+    # What gdal_retile would do: one 8-bit RGB PNG per window, its offsets in the file name.
+    with rasterio.open(args.scene) as src:
+        height, width = src.height, src.width
+        if len(bands) != 3 or any(src.dtypes[b - 1] != "uint8" for b in bands):
+            raise SystemExit("the naive contender cuts PNG tiles: it needs 3 uint8 bands")
+        for t in grid_windows(width, height, tile, bundle.overlap):
+            w, h = min(t.x1, width) - t.x0, min(t.y1, height) - t.y0
+            pixels = np.moveaxis(src.read(bands, window=Window(t.x0, t.y0, w, h)), 0, -1)
+            # A scene side shorter than a tile: pad as maskray's reader does.
+            pixels = np.pad(pixels, ((0, tile - h), (0, tile - w), (0, 0)))
+            Image.fromarray(pixels).save(tiles_dir / f"tile_x{t.x0}_y{t.y0}.png")
+    cut_s = time.perf_counter() - start
+
+    started = time.perf_counter()
+    # Same local cluster as `maskray infer` gets (all CPUs, no dashboard); quiet Ray Data logs.
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+             configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    init_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    ds = ray.data.read_images(str(tiles_dir), include_paths=True)
+    # One actor: the example's `concurrency=1`, spelled as Ray >= 2.51 wants it.
+    ds = ds.map_batches(_NaiveModel, fn_constructor_args=(args.bundle,),
+                        compute=ray.data.ActorPoolStrategy(size=1),
+                        batch_size=NAIVE_BATCH_SIZE, num_cpus=1)
+    rows = ds.take_all()  # every tile's outputs, full-tile masks included, in the driver
+    predict_s = time.perf_counter() - started
+    masks_mib = sum(r["masks"].nbytes for r in rows) / 1024 ** 2
+
+    started = time.perf_counter()
+    results, empty = [], 0
+    for row in rows:
+        x0, y0 = (int(v) for v in _TILE_NAME.search(row["path"]).groups())
+        for label, score, mask in zip(row["labels"], row["scores"], row["masks"]):
+            # The same RLE as pycocotools' encode of the mask pasted at (x0, y0) into a zero
+            # scene-sized Fortran array, built from the tile's runs (O(tile), not O(scene)).
+            scene_rle = rle.to_full_image(rle.encode(mask), x0, y0, height, width)
+            scene_rle["counts"] = scene_rle["counts"].decode("ascii")
+            empty += not mask.any()
+            results.append({"image_id": args.image_id, "category_id": int(label),
+                            "score": float(score), "segmentation": scene_rle})
+    encode_s = time.perf_counter() - started
+    Path(args.results).write_text(json.dumps({
+        "results": results, "seconds": time.perf_counter() - start, "cut_s": cut_s,
+        "init_s": init_s, "predict_s": predict_s, "encode_s": encode_s,
+        "tiles": len(rows), "empty_masks": empty, "masks_mib": masks_mib,
+        "torch_threads": sorted({int(r["torch_threads"]) for r in rows})}))
+    return 0
+
+
 # ----------------------------------------------------------------------------- driver
 
 
@@ -163,7 +293,8 @@ def run(args: argparse.Namespace) -> int:
     gt = json.loads((archive / "annotations.json").read_text())
     scene = archive / gt["images"][0]["file_name"]
     bundle = load_bundle(args.bundle)
-    # SAHI's category ids are the model's labels; ground truth ids may differ: map by name.
+    # SAHI's and the naive run's category ids are the model's labels; ground truth ids may
+    # differ: map by name.
     gt_id = {c["name"]: c["id"] for c in gt["categories"]}
     label_to_gt = {i + 1: gt_id[name] for i, name in enumerate(bundle.model.classes)
                    if name in gt_id}
@@ -174,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
 
     rows = []
     for rep in range(args.reps):
-        for k, setting in enumerate(args.maskray_sets):
+        for k, setting in enumerate(args.maskray_sets if "maskray" in args.contenders else ()):
             out = workdir / f"maskray-out-{rep}-{k}"
             shutil.rmtree(out, ignore_errors=True)
             extra = ["--set", setting] if setting else []
@@ -189,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
                          {"AP": metrics["AP"], "AP50": metrics["AP50"],
                           "detections": len(_instances(out))}))
             _print_row(rows[-1])
-        for merge in args.merges:
+        for merge in args.merges if "sahi" in args.contenders else ():
             results_path = workdir / f"sahi-{merge.replace(':', '-')}-{rep}.json"
             measured = bench.measure_tree_rss(
                 [sys.executable, os.path.abspath(__file__), "--sahi-worker", "--bundle",
@@ -203,6 +334,26 @@ def run(args: argparse.Namespace) -> int:
                        for r in found["results"] if r["category_id"] in label_to_gt]
             rows.append((f"sahi {merge}", rep, measured, _score(gt, results)))
             _print_row(rows[-1])
+        if "naive" in args.contenders:
+            results_path = workdir / f"naive-{rep}.json"
+            measured = bench.measure_tree_rss(
+                [sys.executable, os.path.abspath(__file__), "--naive-worker", "--bundle",
+                 args.bundle, "--scene", str(scene), "--tiles", str(workdir / "naive-tiles"),
+                 "--image-id", str(gt["images"][0]["id"]), "--results", str(results_path)],
+                workdir / f"naive-{rep}.log", args.rss_interval, args.timeout)
+            if measured["returncode"] != 0:
+                raise SystemExit(f"naive Ray example failed: see {workdir / f'naive-{rep}.log'}")
+            found = json.loads(results_path.read_text())
+            results = [{**r, "category_id": label_to_gt[r["category_id"]]}
+                       for r in found["results"] if r["category_id"] in label_to_gt]
+            rows.append(("naive ray example", rep, measured, _score(gt, results)))
+            _print_row(rows[-1])
+            print(f"    cut {found['cut_s']:.1f} s, ray.init {found['init_s']:.1f} s, "
+                  f"read + predict + take_all {found['predict_s']:.1f} s, "
+                  f"encode {found['encode_s']:.1f} s; "
+                  f"{found['tiles']} tiles, {found['masks_mib']:.0f} MiB of masks taken, "
+                  f"{found['empty_masks']} empty masks, torch threads {found['torch_threads']}",
+                  flush=True)
     _print_table(rows)
     return 0
 
@@ -233,15 +384,25 @@ def _print_table(rows) -> None:
             "pss": statistics.median(r[2]["peak_pss_mib"] for r in mine),
             "AP": mine[0][3]["AP"], "AP50": mine[0][3]["AP50"],
             "detections": mine[0][3]["detections"]}
-    ours = med["maskray infer"]
+    # Ratios against the first maskray run, when there is one.
+    ours = next((med[name] for name in names if name.startswith("maskray")), None)
     print("\n| method | wall s | peak RSS MiB | peak PSS MiB | mask AP | mask AP50 | detections "
           "| wall vs maskray | RSS vs maskray |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in names:
         m = med[name]
+        ratios = (f"{m['wall'] / ours['wall']:.2f}x | {m['rss'] / ours['rss']:.2f}x" if ours
+                  else "- | -")
         print(f"| {name} | {m['wall']:.1f} | {m['rss']:.0f} | {m['pss']:.0f} | {m['AP']:.4f} | "
-              f"{m['AP50']:.4f} | {m['detections']} | {m['wall'] / ours['wall']:.2f}x | "
-              f"{m['rss'] / ours['rss']:.2f}x |")
+              f"{m['AP50']:.4f} | {m['detections']} | {ratios} |")
+
+
+def _contenders(text: str) -> list[str]:
+    names = [n for n in text.split(",") if n]
+    unknown = sorted(set(names) - set(CONTENDERS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"contenders are {', '.join(CONTENDERS)}, got {text!r}")
+    return names
 
 
 def main(argv=None) -> int:
@@ -255,17 +416,23 @@ def main(argv=None) -> int:
     parser.add_argument("--maskray-sets", type=lambda s: s.split(","),
                         default=["", "infer.threads=1"],
                         help="maskray runs: one per entry, each with that `--set` (empty: defaults)")
+    parser.add_argument("--contenders", type=_contenders, default=list(CONTENDERS),
+                        help=f"which to run, comma-separated, of {','.join(CONTENDERS)}")
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--workdir", default=os.path.join(ROOT, ".bench", "sahi"))
     parser.add_argument("--rss-interval", type=float, default=0.2)
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--sahi-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--naive-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tiles", help=argparse.SUPPRESS)
     parser.add_argument("--scene", help=argparse.SUPPRESS)
     parser.add_argument("--merge", help=argparse.SUPPRESS)
     parser.add_argument("--image-id", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--results", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    return sahi_worker(args) if args.sahi_worker else run(args)
+    if args.sahi_worker:
+        return sahi_worker(args)
+    return naive_worker(args) if args.naive_worker else run(args)
 
 
 if __name__ == "__main__":
