@@ -138,6 +138,7 @@ def worker(n: int, cell: int, out: str) -> dict:
             stitch_s.append(time.perf_counter() - start)
 
     infer.stitch_scene = timed_stitch
+    sample = [d for dets in result.detections.values() for d in dets][:OUTLINE_SAMPLE]
     base = proc.memory_info().rss
     start = time.perf_counter()
     with PeakRss() as peak:
@@ -147,7 +148,6 @@ def worker(n: int, cell: int, out: str) -> dict:
         raise SystemExit(f"committed {summary.instances} instances, expected {n}")
     # The outline step alone, before (one polygonize call per mask) and after (batched onto
     # shared canvases), side by side on the same masks.
-    sample = [d for dets in result.detections.values() for d in dets][:OUTLINE_SAMPLE]
     masks = [(rle.decode(d.rle), d.x0, d.y0) for d in sample]
     grid = Affine(*meta["transform"])
     with rasterio.Env():

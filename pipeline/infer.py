@@ -179,7 +179,10 @@ class ShardWriter:
             return info, []
         tiles = grid_windows(info.width, info.height, self.cfg.tiling.tile_size,
                              self.cfg.tiling.overlap)
-        return info, stitch_scene(tiles, r.detections, _merge_threshold(self.cfg))
+        # The instances replace the pieces: let the pieces go before the rows are built (their
+        # memory is then reused for the rows instead of adding to the peak).
+        pieces, r.detections = r.detections, {}
+        return info, stitch_scene(tiles, pieces, _merge_threshold(self.cfg))
 
 
 def _merge_threshold(cfg: Config) -> float:
