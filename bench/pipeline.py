@@ -5,7 +5,8 @@ Throughput (one process, one run, same machine): a synthetic archive (`pipeline.
 the work directory) of at least 64 tiles and a random-weight bundle (`maskray model init`, resize
 off: min_size = max_size = tile size, so the model sees tiles at native size), then, interleaved
 rep by rep (bare, pipeline, bare, pipeline, ...) after a warm-up of each:
-  bare forward: the bundle's model (`build_model(paste_masks=False)`, as the actor builds it) in
+  bare forward: the bundle's model (`build_model(paste_masks=False)`, NHWC when
+      `infer.channels_last`, as the actor builds it) in
       this process, with the actor's torch thread count, over every tile of the archive read
       beforehand (not timed) as float32 batches of `--batch-size`, under `torch.inference_mode`;
   pipeline: `maskray infer --model BUNDLE --input ARCHIVE --output FRESH` in-process, i.e.
@@ -503,6 +504,7 @@ def throughput(args, workdir: Path) -> dict:
     import torch
 
     from model.bundle import load_bundle
+    from pipeline.config import InferConfig
     from pipeline.tiling import grid_windows
 
     tiles_total = args.scenes * len(grid_windows(args.scene_size, args.scene_size,
@@ -527,6 +529,8 @@ def throughput(args, workdir: Path) -> dict:
     mean, _ = meta.model.normalization()
     start = time.perf_counter()
     model = meta.build_model(paste_masks=False)
+    if InferConfig().channels_last:  # as the actor builds it (infer.channels_last)
+        model = model.to(memory_format=torch.channels_last)
     load_s = time.perf_counter() - start
     batches, plan_s, read_s = read_archive(archive, args.tile_size, args.overlap,
                                            tuple(meta.model.bands), tuple(mean), args.batch_size)

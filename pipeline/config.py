@@ -69,6 +69,9 @@ class InferConfig:
     threads: torch intra-op threads per actor (0 = auto, `pipeline.dataflow.actor_threads`: a
         GPU actor's reserved CPUs; on CPU, the cluster's CPUs shared between the actors, since
         the CPU kept for the read tasks is mostly idle).
+    channels_last: run the model's convolutions in NHWC (`torch.channels_last`): 1.25x the
+        images/s of NCHW on this project's CPU machine with the same detections (bench/forward.py);
+        false for a device where NHWC is slower.
     stall_timeout_s: a run whose graph makes no progress for this long fails in one line
         (Ray Data's no-progress guard), e.g. when other jobs hold the CPUs its read tasks need;
         the shards committed so far are kept. -1: wait for ever (for a cluster that scales up
@@ -84,6 +87,7 @@ class InferConfig:
     device: str = "auto"
     inflight_mib: int = 0
     threads: int = 0
+    channels_last: bool = True
     stall_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:

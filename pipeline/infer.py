@@ -69,6 +69,7 @@ def model_source(bundle_uri: str, cfg: Config) -> Source:
     spec = PredictorSpec(TilePredictor, {"bundle_uri": bundle_uri, "device": cfg.infer.device,
                                          "batch_size": cfg.infer.batch_size,
                                          "threads": cfg.infer.threads,  # 0: dataflow decides
+                                         "channels_last": cfg.infer.channels_last,
                                          "storage": storage.resolve(cfg.storage).to_dict()},
                          bands=tuple(bundle.model.bands), fill=tuple(mean),
                          uses_gpu=cfg.infer.device != "cpu")

@@ -42,11 +42,12 @@ class TilePredictor:
     Forward passes run in chunks of `batch_size` tiles under `torch.inference_mode`, with bf16
     autocast on CUDA. The model is built with `paste_masks=False`: it returns (N, 1, 28, 28)
     mask probabilities, which `encode_box_masks` turns into box-local RLEs without ever making
-    the N x T x T float masks torchvision would paste.
+    the N x T x T float masks torchvision would paste. channels_last: the model's weights in
+    NHWC (`infer.channels_last`), so its convolutions run NHWC.
     """
 
     def __init__(self, bundle_uri: str, device: str = "auto", batch_size: int = 4,
-                 amp: bool = True, threads: int | None = None,
+                 amp: bool = True, threads: int | None = None, channels_last: bool = False,
                  storage: dict[str, Any] | None = None) -> None:
         from model.bundle import load_bundle  # torchvision import stays off the driver's path
         from pipeline.storage import configure
@@ -58,6 +59,8 @@ class TilePredictor:
         self.device = resolve_device(device)
         bundle = load_bundle(bundle_uri)
         self.model = bundle.build_model(device=str(self.device), paste_masks=False).eval()
+        if channels_last:  # NHWC weights: every convolution then runs (and outputs) NHWC
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.mask_threshold = bundle.model.mask_threshold
         self.batch_size = batch_size
         self.amp = amp and self.device.type == "cuda"

@@ -42,3 +42,17 @@ def test_other_errors_are_not_taken_for_out_of_memory(tiny_bundle):
     assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
     assert not is_out_of_memory(RuntimeError("Expected all tensors to be on the same device"))
     assert not is_out_of_memory(ValueError("out of memory"))
+
+
+def test_channels_last_gives_the_same_detections(tiny_bundle):
+    """infer.channels_last changes the memory layout of the convolutions, not the answer."""
+    batch = _batch(3, poisoned=1)
+    nchw = TilePredictor(str(tiny_bundle), device="cpu", batch_size=3)(dict(batch))
+    nhwc = TilePredictor(str(tiny_bundle), device="cpu", batch_size=3, channels_last=True)
+    assert next(nhwc.model.backbone.parameters()).is_contiguous(memory_format=torch.channels_last)
+    out = nhwc(dict(batch))
+    assert sum(len(d) for d in out["detections"]) > 0
+    for a, b in zip(nchw["detections"], out["detections"]):
+        assert [(d.class_id, d.x0, d.y0, d.x1, d.y1) for d in a] == \
+               [(d.class_id, d.x0, d.y0, d.x1, d.y1) for d in b]
+        np.testing.assert_allclose([d.score for d in a], [d.score for d in b], atol=1e-4)
