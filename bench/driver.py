@@ -23,7 +23,6 @@ first 20 000 detections, side by side; checked: the same WKB.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -40,13 +39,6 @@ if ROOT not in sys.path:
 
 UTM_33N = "EPSG:32633"
 OUTLINE_SAMPLE = 20_000  # masks outlined both ways for the before / after figure
-
-
-def _bench_stitch():
-    spec = importlib.util.spec_from_file_location("bench_stitch", os.path.join(_HERE, "stitch.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class PeakRss:
@@ -95,7 +87,8 @@ def worker(n: int, cell: int, out: str) -> dict:
     from pipeline.shards import SceneResult
     from pipeline.tiling import grid_windows
 
-    stitch_bench = _bench_stitch()
+    from bench import stitch as stitch_bench
+
     tile, overlap = 256, 32
     cfg = load_config(None, [f"tiling.tile_size={tile}", f"tiling.overlap={overlap}"])
     proc = psutil.Process()

@@ -37,13 +37,6 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
-def _bench_pipeline():
-    spec = importlib.util.spec_from_file_location("bench_pipeline", os.path.join(_HERE, "pipeline.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 class GpuBusy:
     """Share of NVML samples (every 50 ms) in which the GPU was running a kernel."""
 
@@ -163,7 +156,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
         else args.device
-    bench = _bench_pipeline()
+    from bench import pipeline as bench
     workdir = Path(args.workdir)
     bundle_path = Path(args.bundle) if args.bundle else bench.ensure_bundle(
         workdir / f"bundle-{args.backbone}-{args.tile_size}", args.backbone, args.tile_size, 64,

@@ -150,15 +150,19 @@ def read_archive(archive: Path, tile: int, overlap: int, bands, fill, batch_size
 # ----------------------------------------------------------------------------- bare forward
 
 
-def bare_forward(model, images: list[np.ndarray]):
-    """One pass over every batch: (seconds, outputs)."""
+def bare_forward(model, images: list[np.ndarray], device: str = "cpu"):
+    """One pass over every batch: (seconds, outputs). On CUDA as the actor runs it: uint8 tiles
+    cross to the device and become float32 there, bf16 autocast; the clock stops after a sync."""
     import torch
 
     outputs = []
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16,
+                                                 enabled=device == "cuda"):
         for batch in images:
-            outputs.append(model(list(torch.from_numpy(batch).float())))
+            outputs.append(model(list(torch.from_numpy(batch).to(device).float())))
+    if device == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start, outputs
 
 
@@ -519,7 +523,7 @@ def throughput(args, workdir: Path) -> dict:
         args.backbone, args.tile_size, args.overlap, args.score_thresh)
     overrides = [f"tiling.tile_size={args.tile_size}", f"tiling.overlap={args.overlap}",
                  f"infer.batch_size={args.batch_size}", f"infer.actor_cpus={args.actor_cpus:g}",
-                 f"infer.num_actors={args.actors}", "infer.device=cpu"]
+                 f"infer.num_actors={args.actors}", f"infer.device={args.device}"]
 
     # The actor's torch threads, pinned with infer.threads so the bare forward uses as many.
     threads = max(1, round(args.actor_cpus))
@@ -528,7 +532,7 @@ def throughput(args, workdir: Path) -> dict:
     meta = load_bundle(bundle)
     mean, _ = meta.model.normalization()
     start = time.perf_counter()
-    model = meta.build_model(paste_masks=False)
+    model = meta.build_model(device=args.device, paste_masks=False)
     if InferConfig().channels_last:  # as the actor builds it (infer.channels_last)
         model = model.to(memory_format=torch.channels_last)
     load_s = time.perf_counter() - start
@@ -549,14 +553,14 @@ def throughput(args, workdir: Path) -> dict:
     runs = workdir / "runs"
     try:
         # Warm-up: one batch of the bare forward; one pipeline run over the first scene.
-        bare_forward(model, images[:1])
+        bare_forward(model, images[:1], args.device)
         first = scene_uris(archive)[0]
         wall, summary = run_pipeline(bundle, first, runs / "warmup", overrides)
         print(f"warm-up: pipeline on 1 scene ({summary.flow.tiles} tiles) {wall:.1f} s", flush=True)
         bare_s, wall_s, flow_s, loads, outputs, last = [], [], [], [], None, None
         for rep in range(args.reps):
             loads.append(load_avg())
-            seconds, outputs = bare_forward(model, images)
+            seconds, outputs = bare_forward(model, images, args.device)
             bare_s.append(seconds)
             loads.append(load_avg())
             wall, last = run_pipeline(bundle, str(archive), runs / "pipeline", overrides)
@@ -689,6 +693,8 @@ def main(argv=None) -> int:
     parser.add_argument("--actor-cpus", type=float, default=1.0,
                         help="infer.actor_cpus (also the torch threads, as in the actor)")
     parser.add_argument("--num-cpus", type=int, default=2, help="ray.init(num_cpus=...)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="infer.device, and where the bare forward runs (bf16 on cuda)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--trace", choices=["auto", "always", "never"], default="auto",
                         help="one extra pipeline run with its stages timed inside Ray "

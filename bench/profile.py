@@ -5,15 +5,18 @@ exactly the code the pipeline runs, in the pipeline's order but without Ray, so 
 sample lands in our code or in torch rather than in Ray's scheduling:
   read:   `pipeline.tiles.plan_scene` + `read_tiles` (what the read tasks run), batches of
           `--batch-size` tiles;
-  actor:  `pipeline.predictor.TilePredictor` (as the actor builds it, `--threads` torch threads)
-          called on every batch: forward + box-local RLE + placement in the scene frame;
+  actor:  `pipeline.predictor.TilePredictor` (as the actor builds it, `--threads` torch threads,
+          convolutions NCHW or NHWC = `infer.channels_last`, `--layout`) called on every batch:
+          forward + box-local RLE + placement in the scene frame;
   driver: `ShardAssembler` + `ShardWriter` on the actor's rows (stitching, instance rows,
           GeoParquet, commit), as `pipeline.infer` runs them.
 py-spy (`pip install py-spy`) samples the worker at `--rate` Hz (`py-spy record --format raw
 --idle`). Each sample is put in the stage of the deepest frame that names one (STAGES below:
 model stages by torchvision module, ours by function), so the table reads "share of the wall
 time spent in this stage and what it calls". The worker also prints its own perf_counter times
-per phase, which the sample counts must agree with. The raw collapsed stacks are kept
+per phase, which the sample counts must agree with. `--layout both` (default) profiles the
+actor before and after `infer.channels_last` and prints the stages side by side (ms per tile
+and share). The raw collapsed stacks are kept
 (`--workdir`/profile-*.txt; flamegraph.pl or speedscope read them).
 
     pip install py-spy
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import json
 import os
 import shutil
@@ -59,8 +61,9 @@ STAGES: list[tuple[str, str, str]] = [
     ("driver: instance rows (geometry, WKB)", "pipeline/geometry.py", ""),
     ("driver: Parquet + commit", "pipeline/commit.py", ""),
     ("driver: shard bookkeeping", "pipeline/shards.py", ""),
+    ("set-up: model load", "pipeline/infer.py", "model_source"),
     ("driver: shard writer", "pipeline/infer.py", ""),
-    ("model load", "model/bundle.py", ""),
+    ("set-up: model load", "model/bundle.py", ""),
 ]
 
 
@@ -90,14 +93,6 @@ def _roi_head_lines() -> dict[int, str]:
     return lines
 
 
-def _bench_pipeline():
-    """bench/pipeline.py (archive, bundle and batch helpers), loaded by path."""
-    spec = importlib.util.spec_from_file_location("bench_pipeline", os.path.join(_HERE, "pipeline.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # ----------------------------------------------------------------------------- worker
 
 
@@ -113,7 +108,7 @@ def worker(args: argparse.Namespace) -> int:
     from pipeline.scenes import SceneRef
     from pipeline.shards import ShardAssembler
 
-    bench = _bench_pipeline()
+    from bench import pipeline as bench
     bundle = load_bundle(args.bundle)
     times: dict[str, float] = {}
     start = time.perf_counter()
@@ -124,7 +119,7 @@ def worker(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     predictor = TilePredictor(args.bundle, device="cpu", batch_size=args.batch_size,
-                              threads=args.threads)
+                              threads=args.threads, channels_last=args.channels_last)
     times["model load"] = time.perf_counter() - start
     start = time.perf_counter()
     predicted = [predictor(batch) for batch in batches]
@@ -161,6 +156,8 @@ def worker(args: argparse.Namespace) -> int:
 
 def _frame_stage(frame: str, roi_lines: dict[int, str]) -> str | None:
     name, _, where = frame.partition(" (")
+    if name in ("", "<module>"):  # a module being imported
+        return "set-up: imports"
     if name.endswith("RoIHeads.forward") and "detection/roi_heads.py:" in where:
         line = int(where.rstrip(")").rsplit(":", 1)[1])
         if line in roi_lines:
@@ -190,7 +187,7 @@ def stage_table(raw: Path) -> tuple[collections.Counter, collections.Counter, in
             stage = _frame_stage(frame, roi_lines)
             if stage:
                 break
-        stages[stage or "other (imports, setup, Python start-up)"] += n
+        stages[stage or "other (Python start-up, torch internals outside the stages)"] += n
         leaf = frames[-1]
         name, _, where = leaf.partition(" (")
         leaves[f"{name} ({where.rsplit(':', 1)[0].split('site-packages/')[-1]})"] += n
@@ -198,7 +195,7 @@ def stage_table(raw: Path) -> tuple[collections.Counter, collections.Counter, in
 
 
 def run(args: argparse.Namespace) -> int:
-    bench = _bench_pipeline()
+    from bench import pipeline as bench
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     py_spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
@@ -214,32 +211,53 @@ def run(args: argparse.Namespace) -> int:
             workdir / f"bundle-{args.backbone}-{args.tile_size}-{args.overlap}", args.backbone,
             args.tile_size, args.overlap, args.score_thresh)
     label = args.label or "profile"
-    raw = workdir / f"{label}.txt"
-    record = workdir / f"{label}.json"
-    record.unlink(missing_ok=True)
-    cmd = [py_spy, "record", "--format", "raw", "--rate", str(args.rate), "--idle", "-o", str(raw),
-           "--", sys.executable, os.path.abspath(__file__), "--worker", "--bundle", str(bundle),
-           "--archive", str(archive), "--output", str(workdir / f"{label}-out"),
-           "--record", str(record), "--batch-size", str(args.batch_size),
-           "--threads", str(args.threads)]
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
-    if not record.exists():
-        raise SystemExit("the profiled worker failed (its traceback is above)")
-    done = json.loads(record.read_text())
-    stages, leaves, total = stage_table(raw)
-    print(f"\n{label}: {done['tiles']} tiles, {done['detections']} detections -> "
-          f"{done['instances']} instances; {done['threads']} torch threads; wall {wall:.1f} s; "
-          f"{total} samples at {args.rate} Hz; raw stacks: {raw}")
-    print("phases (perf_counter): " + ", ".join(f"{k} {v:.2f} s" for k, v in done["times"].items()))
-    print("\n| stage | samples | share | per tile ms |")
-    print("| --- | --- | --- | --- |")
-    for stage, n in stages.most_common():
-        print(f"| {stage} | {n} | {n / total:.1%} | {1000 * n / args.rate / done['tiles']:.1f} |")
-    print(f"\ntop {args.top} self-time leaves:")
-    for leaf, n in leaves.most_common(args.top):
-        print(f"  {n / total:6.1%}  {leaf}")
+    layouts = {"nchw": False, "nhwc": True}
+    chosen = list(layouts) if args.layout == "both" else [args.layout]
+    profiles = {}
+    for layout in chosen:  # one worker per layout, one after the other
+        name = f"{label}-{layout}"
+        raw, record = workdir / f"{name}.txt", workdir / f"{name}.json"
+        record.unlink(missing_ok=True)
+        cmd = [py_spy, "record", "--format", "raw", "--rate", str(args.rate), "--idle", "-o",
+               str(raw), "--", sys.executable, os.path.abspath(__file__), "--worker", "--bundle",
+               str(bundle), "--archive", str(archive), "--output", str(workdir / f"{name}-out"),
+               "--record", str(record), "--batch-size", str(args.batch_size),
+               "--threads", str(args.threads)] + (["--channels-last"] if layouts[layout] else [])
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        if not record.exists():
+            raise SystemExit("the profiled worker failed (its traceback is above)")
+        done = json.loads(record.read_text())
+        stages, leaves, total = stage_table(raw)
+        profiles[layout] = (done, stages, total)
+        print(f"\n{name}: {done['tiles']} tiles, {done['detections']} detections -> "
+              f"{done['instances']} instances; {done['threads']} torch threads; wall {wall:.1f} s; "
+              f"{total} samples at {args.rate} Hz; raw stacks: {raw}")
+        print("phases (perf_counter): "
+              + ", ".join(f"{k} {v:.2f} s" for k, v in done["times"].items()))
+        print(f"top {args.top} self-time leaves:")
+        for leaf, n in leaves.most_common(args.top):
+            print(f"  {n / total:6.1%}  {leaf}")
+    # One table: ms per tile of every stage under each layout (samples / rate / tiles).
+    order = [s for s, _ in profiles[chosen[0]][1].most_common()]
+    order += [s for lay in chosen[1:] for s in profiles[lay][1] if s not in order]
+    head = " | ".join(f"{lay} ms/tile | {lay} share" for lay in chosen)
+    print(f"\n| stage | {head} |" + (" nchw / nhwc |" if len(chosen) == 2 else ""))
+    print("| --- |" + " --- | --- |" * len(chosen) + (" --- |" if len(chosen) == 2 else ""))
+    for stage in order:
+        cells, ms = [], []
+        for lay in chosen:
+            done, stages, total = profiles[lay]
+            ms.append(1000 * stages.get(stage, 0) / args.rate / done["tiles"])
+            cells.append(f"{ms[-1]:.1f} | {stages.get(stage, 0) / total:.1%}")
+        ratio = (f" {ms[0] / ms[1]:.2f}x |" if len(chosen) == 2 and ms[1] else
+                 (" - |" if len(chosen) == 2 else ""))
+        print(f"| {stage} | {' | '.join(cells)} |{ratio}")
+    for lay in chosen:
+        done = profiles[lay][0]
+        print(f"{lay}: actor {1000 * done['times']['actor'] / done['tiles']:.0f} ms/tile, driver "
+              f"{1000 * done['times']['driver'] / done['tiles']:.0f} ms/tile (perf_counter)")
     return 0
 
 
@@ -262,6 +280,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rate", type=int, default=50, help="samples per second")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--label", help="name of the raw stacks / record files")
+    parser.add_argument("--layout", choices=["nchw", "nhwc", "both"], default="both",
+                        help="the actor's convolution layout (infer.channels_last off / on); "
+                             "both: one profile each, side by side")
+    parser.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=os.path.join(ROOT, ".bench", "profile"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--archive", help=argparse.SUPPRESS)

@@ -54,7 +54,6 @@ SAHI 0.12.8 workarounds (both in `_SafeDetectionModel`):
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -71,14 +70,6 @@ if ROOT not in sys.path:
 
 DEFAULT_MERGES = ("GREEDYNMM:IOS:0.5", "NMS:IOU:0.5")
 CONTENDERS = ("maskray", "sahi", "naive")
-
-
-def _bench_pipeline():
-    """bench/pipeline.py (its `measure_tree_rss`), loaded by path: bench/ is not a package."""
-    spec = importlib.util.spec_from_file_location("bench_pipeline", os.path.join(_HERE, "pipeline.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def ensure_scene(workdir: Path, size: int, seed: int) -> Path:
@@ -286,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
     from model.bundle import load_bundle
     from model.evaluate import evaluate_output
 
-    bench = _bench_pipeline()
+    from bench import pipeline as bench
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     archive = ensure_scene(workdir, args.size, args.seed)
@@ -302,6 +293,21 @@ def run(args: argparse.Namespace) -> int:
           f"{bundle.model_id} ({bundle.model.backbone}), tile {bundle.tile_size} overlap "
           f"{bundle.overlap}, score >= {bundle.model.box_score_thresh}; {os.cpu_count()} CPUs",
           flush=True)
+
+    def worker(name: str, *flags: str) -> tuple[dict, dict, dict]:
+        """Run this file in one of its worker modes, measured; (RSS record, its JSON, score)."""
+        results_path = workdir / f"{name}.json"
+        measured = bench.measure_tree_rss(
+            [sys.executable, os.path.abspath(__file__), *flags, "--bundle", args.bundle,
+             "--scene", str(scene), "--image-id", str(gt["images"][0]["id"]),
+             "--results", str(results_path)],
+            workdir / f"{name}.log", args.rss_interval, args.timeout)
+        if measured["returncode"] != 0:
+            raise SystemExit(f"{flags[0]} failed: see {workdir / f'{name}.log'}")
+        found = json.loads(results_path.read_text())
+        results = [{**r, "category_id": label_to_gt[r["category_id"]]}
+                   for r in found["results"] if r["category_id"] in label_to_gt]
+        return measured, found, _score(gt, results)
 
     rows = []
     for rep in range(args.reps):
@@ -321,32 +327,14 @@ def run(args: argparse.Namespace) -> int:
                           "detections": len(_instances(out))}))
             _print_row(rows[-1])
         for merge in args.merges if "sahi" in args.contenders else ():
-            results_path = workdir / f"sahi-{merge.replace(':', '-')}-{rep}.json"
-            measured = bench.measure_tree_rss(
-                [sys.executable, os.path.abspath(__file__), "--sahi-worker", "--bundle",
-                 args.bundle, "--scene", str(scene), "--merge", merge,
-                 "--image-id", str(gt["images"][0]["id"]), "--results", str(results_path)],
-                workdir / f"sahi-{rep}.log", args.rss_interval, args.timeout)
-            if measured["returncode"] != 0:
-                raise SystemExit(f"SAHI failed: see {workdir / f'sahi-{rep}.log'}")
-            found = json.loads(results_path.read_text())
-            results = [{**r, "category_id": label_to_gt[r["category_id"]]}
-                       for r in found["results"] if r["category_id"] in label_to_gt]
-            rows.append((f"sahi {merge}", rep, measured, _score(gt, results)))
+            measured, found, score = worker(
+                f"sahi-{merge.replace(':', '-')}-{rep}", "--sahi-worker", "--merge", merge)
+            rows.append((f"sahi {merge}", rep, measured, score))
             _print_row(rows[-1])
         if "naive" in args.contenders:
-            results_path = workdir / f"naive-{rep}.json"
-            measured = bench.measure_tree_rss(
-                [sys.executable, os.path.abspath(__file__), "--naive-worker", "--bundle",
-                 args.bundle, "--scene", str(scene), "--tiles", str(workdir / "naive-tiles"),
-                 "--image-id", str(gt["images"][0]["id"]), "--results", str(results_path)],
-                workdir / f"naive-{rep}.log", args.rss_interval, args.timeout)
-            if measured["returncode"] != 0:
-                raise SystemExit(f"naive Ray example failed: see {workdir / f'naive-{rep}.log'}")
-            found = json.loads(results_path.read_text())
-            results = [{**r, "category_id": label_to_gt[r["category_id"]]}
-                       for r in found["results"] if r["category_id"] in label_to_gt]
-            rows.append(("naive ray example", rep, measured, _score(gt, results)))
+            measured, found, score = worker(f"naive-{rep}", "--naive-worker", "--tiles",
+                                            str(workdir / "naive-tiles"))
+            rows.append(("naive ray example", rep, measured, score))
             _print_row(rows[-1])
             print(f"    cut {found['cut_s']:.1f} s, ray.init {found['init_s']:.1f} s, "
                   f"read + predict + take_all {found['predict_s']:.1f} s, "
