@@ -35,7 +35,7 @@ Box = tuple[int, int, int, int]
 _CHUNK = 512  # rows of the candidate-pair matrix built at once (bounds memory in crowded bands)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Instance:
     """One stitched object instance of a scene.
 
