@@ -14,14 +14,14 @@ py-spy (`pip install py-spy`) samples the worker at `--rate` Hz (`py-spy record 
 --idle`). Each sample is put in the stage of the deepest frame that names one (STAGES below:
 model stages by torchvision module, ours by function), so the table reads "share of the wall
 time spent in this stage and what it calls". The worker also prints its own perf_counter times
-per phase, which the sample counts must agree with. `--layout both` (default) profiles the
-actor before and after `infer.channels_last` and prints the stages side by side (ms per tile
-and share). The raw collapsed stacks are kept
-(`--workdir`/profile-*.txt; flamegraph.pl or speedscope read them).
+per phase, to check the sample counts against. `--layout both` (default) profiles the actor
+before and after `infer.channels_last` and prints the stages side by side (ms per tile and
+share). The raw collapsed stacks are kept (`--workdir`/LABEL-nchw.txt and LABEL-nhwc.txt;
+flamegraph.pl or speedscope read them).
 
-    pip install py-spy
+    pip install -e '.[bench]'                            # py-spy (and sahi)
     python bench/profile.py                              # 32 tiles of 512 px, resnet18_fpn
-    python bench/profile.py --bundle DEMO_OUT/train-run/bundle --scene-size 2048 --scenes 1
+    python bench/profile.py --bundle DEMO_OUT/train-run/bundle --scenes 1    # 16 tiles
 """
 
 from __future__ import annotations
