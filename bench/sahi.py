@@ -48,7 +48,7 @@ SAHI 0.12.8 workarounds (both in `_SafeDetectionModel`):
   divided by 255 to see the same numbers as in maskray.
 
     pip install -e '.[bench]'        # sahi==0.12.8 (and py-spy for bench/profile.py)
-    python bench/sahi.py --bundle DEMO_OUT/train-run/bundle    # ~15 min on 2 cores at 4 096 px
+    python bench/sahi.py --bundle DEMO_OUT/train-run/bundle    # ~20 min on 2 cores at 4 096 px (all contenders)
 """
 
 from __future__ import annotations
