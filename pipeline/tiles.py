@@ -24,6 +24,7 @@ import numpy as np
 from pipeline.raster_io import (ReadLimits, SceneError, StorageUnavailable, forget_remote,
                                 open_raster, open_scene, read_window, require_bands)
 from pipeline.storage import configure as configure_storage
+from pipeline.storage import filesystem, is_remote
 from pipeline.tiling import grid_windows
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,20 @@ def retrying(fn: Callable[[], T], attempts: int, first_delay_s: float = 0.5,
             time.sleep(delay)
             on_retry()
     raise AssertionError("unreachable")
+
+
+def store_answers(uri: str) -> bool:
+    """Whether the object store answers a metadata request about `uri` (a missing object is an
+    answer too); False when it cannot be reached after the client's own retries."""
+    fs, inner = filesystem(uri)
+    try:
+        fs.invalidate_cache(inner)  # ask the store, not s3fs's listing cache
+        fs.info(inner)
+    except FileNotFoundError:
+        return True
+    except Exception:  # noqa: BLE001 - connection refused, timeouts, 5xx: the store is away
+        return False
+    return True
 
 
 def refused_row(scene_id: str, shard: int, reason: str) -> dict[str, Any]:
@@ -144,8 +159,27 @@ def read_tiles(batch: dict[str, np.ndarray], bands: tuple[int, ...],
                     if fill_values is not None:
                         images[i][:, ~valid] = fill_values
 
+        def read_or_ask_store(uri=uri, read=read_scene_rows) -> None:
+            try:
+                read()
+            except SceneError as exc:
+                if exc.error_type != "read_failed" or not is_remote(uri):
+                    raise
+                # GDAL can report a block it could not fetch as a decoding error
+                # ("TIFFReadEncodedTile() failed"), the curl error staying behind: read once
+                # more with a fresh cache, and before blaming the file ask the store itself.
+                forget_remote(uri)
+                try:
+                    read()
+                except SceneError as again:
+                    if again.error_type == "read_failed" and not store_answers(uri):
+                        raise StorageUnavailable(
+                            f"{again.message} (and the store does not answer)") from again
+                    raise
+
         try:
-            retrying(read_scene_rows, settings.retries, on_retry=lambda uri=uri: forget_remote(uri))
+            retrying(read_or_ask_store, settings.retries,
+                     on_retry=lambda uri=uri: forget_remote(uri))
         except SceneError as exc:
             for i in rows:
                 skip[i], error_type[i], error_message[i] = True, exc.error_type, exc.message

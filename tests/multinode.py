@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -58,6 +59,15 @@ def main(argv: list[str] | None = None) -> int:
                                      "infer.actor_cpus=1", "infer.batch_size=4"])
         archive = Path(args.archive)
         source = labels_source(str(archive / "annotations.json"), str(archive))
+        if args.kill_node:
+            # The replay takes a few seconds on a fast machine: slow it down so the node is
+            # removed while both actors still have tiles to do.
+            import faults
+
+            ray.cloudpickle.register_pickle_by_value(faults)
+            spec = replace(source.spec, cls=faults.SlowLabelsPredictor,
+                           kwargs={**source.spec.kwargs, "delay_s": 0.5})
+            source = replace(source, spec=spec)
         stop = threading.Event()
 
         def watch() -> None:
