@@ -21,10 +21,11 @@ from torchvision.models import mobilenet_v3_large, resnet18, resnet50
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.faster_rcnn import (FastRCNNConvFCHead, FastRCNNPredictor,
+                                                      TwoMLPHead)
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from model.config import BACKBONES, ModelConfig
@@ -77,17 +78,28 @@ def build_maskrcnn(cfg: ModelConfig, paste_masks: bool = True, *,
     num_anchors = anchors.num_anchors_per_location()[0]
     box_pool = MultiScaleRoIAlign(featmap_names=featmaps, output_size=7, sampling_ratio=2)
     mask_pool = MultiScaleRoIAlign(featmap_names=featmaps, output_size=14, sampling_ratio=2)
+    channels = backbone.out_channels
+    mask_layers = list(cfg.mask_head_layers)
     if cfg.backbone == "resnet50_fpn_v2":
         # The "v2" recipe (Li et al. 2021, torchvision's maskrcnn_resnet50_fpn_v2): deeper RPN
         # head, conv box head and mask head, all with batch norm.
-        channels = backbone.out_channels
         kwargs.update(
             rpn_head=RPNHead(channels, num_anchors, conv_depth=2),
-            box_head=FastRCNNConvFCHead((channels, 7, 7), [256, 256, 256, 256], [1024],
-                                        norm_layer=nn.BatchNorm2d),
-            mask_head=MaskRCNNHeads(channels, [256, 256, 256, 256], 1, norm_layer=nn.BatchNorm2d),
+            box_head=FastRCNNConvFCHead((channels, 7, 7), [256, 256, 256, 256],
+                                        [cfg.box_head_size], norm_layer=nn.BatchNorm2d),
+            mask_head=MaskRCNNHeads(channels, mask_layers, 1, norm_layer=nn.BatchNorm2d),
         )
-    model = MaskRCNN(backbone, num_classes=cfg.num_classes, rpn_anchor_generator=anchors,
+    else:
+        # torchvision's v1 heads, sized by the config (its defaults: 1024 and 4 x 256).
+        kwargs.update(
+            box_head=TwoMLPHead(channels * 7 * 7, cfg.box_head_size),
+            mask_head=MaskRCNNHeads(channels, mask_layers, 1),
+        )
+    kwargs.update(
+        box_predictor=FastRCNNPredictor(cfg.box_head_size, cfg.num_classes),
+        mask_predictor=MaskRCNNPredictor(mask_layers[-1], mask_layers[-1], cfg.num_classes),
+    )
+    model = MaskRCNN(backbone, rpn_anchor_generator=anchors,
                      box_roi_pool=box_pool, mask_roi_pool=mask_pool,
                      min_size=cfg.min_size, max_size=cfg.max_size, **kwargs)
     model.transform = build_transform(cfg, paste_masks=paste_masks)
@@ -97,7 +109,22 @@ def build_maskrcnn(cfg: ModelConfig, paste_masks: bool = True, *,
 
 
 def _build_backbone(cfg: ModelConfig) -> tuple[nn.Module, list[str]]:
-    """(BackboneWithFPN, names of the feature maps the RoI heads pool from)."""
+    """(BackboneWithFPN with cfg.fpn_channels outputs, names of the feature maps the RoI heads
+    pool from)."""
+    backbone, featmaps = _build_backbone_256(cfg)
+    if cfg.fpn_channels != backbone.out_channels:
+        # torchvision's extractors fix 256 channels; rebuild the FPN from the same inputs.
+        fpn = backbone.fpn
+        inputs = [block[0].in_channels for block in fpn.inner_blocks]
+        norm = nn.BatchNorm2d if isinstance(fpn.inner_blocks[0][-1], nn.BatchNorm2d) else None
+        backbone.fpn = FeaturePyramidNetwork(inputs, cfg.fpn_channels,
+                                             extra_blocks=fpn.extra_blocks, norm_layer=norm)
+        backbone.out_channels = cfg.fpn_channels
+    return backbone, featmaps
+
+
+def _build_backbone_256(cfg: ModelConfig) -> tuple[nn.Module, list[str]]:
+    """torchvision's BackboneWithFPN (256 channels) for cfg.backbone, its feature map names."""
     pretrained = cfg.backbone_weights is not None
     # Frozen BN for a pretrained backbone, as torchvision does: detection batches are too small
     # to re-estimate ImageNet statistics. From scratch there is nothing to keep, so BN trains.

@@ -50,6 +50,12 @@ class ModelConfig:
     box_score_thresh, box_nms_thresh, box_detections_per_img: inference post-processing.
     mask_threshold: mask probability at or above which a pixel belongs to the instance; applied
         by whoever binarises the (N, 1, 28, 28) mask probabilities, not inside the model.
+    fpn_channels: channels of every FPN level, hence of the RPN head and the RoI heads' input
+        (torchvision: 256). Fewer make a from-scratch CPU model much cheaper (DESIGN.md).
+    box_head_size: width of the box head's two fully connected layers (torchvision's
+        TwoMLPHead representation_size, 1024); resnet50_fpn_v2 uses it for its one FC layer.
+    mask_head_layers: output channels of each 3x3 convolution of the mask head, in order
+        (torchvision's MaskRCNNHeads layers, 4 x 256); the 28 x 28 predictor follows the last.
     trainable_backbone_layers: ResNet 0-5, MobileNetV3 0-6, counted from the last stage; None
         trains every layer.
     backbone_weights: path or URI of a state dict for the backbone alone (e.g. a torchvision
@@ -77,6 +83,9 @@ class ModelConfig:
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
     mask_threshold: float = 0.5
+    fpn_channels: int = 256
+    box_head_size: int = 1024
+    mask_head_layers: tuple[int, ...] = (256, 256, 256, 256)
     trainable_backbone_layers: int | None = None
     backbone_weights: str | None = None
     backbone_weights_sha256: str | None = None
@@ -85,7 +94,7 @@ class ModelConfig:
         # Tuples arrive as lists from JSON (bundle.json) or Python callers; keep the dataclass
         # hashable and comparable.
         for name in ("classes", "bands", "image_mean", "image_std", "anchor_sizes",
-                     "aspect_ratios"):
+                     "aspect_ratios", "mask_head_layers"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
@@ -123,7 +132,11 @@ def _validate(cfg: ModelConfig) -> None:
     _validate_positive(cfg, ("min_size", "max_size", "rpn_pre_nms_top_n_train",
                              "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train",
                              "rpn_post_nms_top_n_test", "rpn_batch_size_per_image",
-                             "box_batch_size_per_image", "box_detections_per_img"))
+                             "box_batch_size_per_image", "box_detections_per_img",
+                             "fpn_channels", "box_head_size"))
+    if not cfg.mask_head_layers or any(c < 1 for c in cfg.mask_head_layers):
+        raise ConfigError(f"model.mask_head_layers must be one or more positive channel counts, "
+                          f"got {list(cfg.mask_head_layers)}")
     if cfg.min_size > cfg.max_size:
         raise ConfigError(f"model.min_size ({cfg.min_size}) must not exceed model.max_size "
                           f"({cfg.max_size})")

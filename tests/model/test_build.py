@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 from torchvision.models import resnet18
+from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -65,6 +66,36 @@ def test_resnet50_backbones_train(backbone, tiny_cfg, tiny_batch):
     assert is_v2 == (backbone == "resnet50_fpn_v2")
     assert len(model.rpn.head.conv) == (2 if is_v2 else 1)
     assert model.roi_heads.box_predictor.cls_score.out_features == 3
+
+
+@pytest.mark.parametrize("backbone,builder", [
+    ("resnet50_fpn", maskrcnn_resnet50_fpn), ("resnet50_fpn_v2", maskrcnn_resnet50_fpn_v2)])
+def test_default_head_sizes_are_torchvisions(backbone, builder):
+    """Default fpn_channels / box_head_size / mask_head_layers give torchvision's own model:
+    same parameter names and shapes as its builder, so its checkpoints load."""
+    ours = build_maskrcnn(ModelConfig(backbone=backbone, classes=("a", "b"))).state_dict()
+    theirs = builder(weights=None, weights_backbone=None, num_classes=3).state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
+@pytest.mark.parametrize("backbone", ["resnet18_fpn", "mobilenet_v3_fpn", "resnet50_fpn_v2"])
+def test_sized_heads_train_predict_and_shrink(backbone, tiny_cfg, tiny_batch):
+    cfg = tiny_cfg(backbone, fpn_channels=64, box_head_size=128, mask_head_layers=[64, 32])
+    model = build_maskrcnn(cfg)
+    assert cfg.mask_head_layers == (64, 32)
+    assert model.backbone.out_channels == 64
+    assert all(block[0].out_channels == 64 for block in model.backbone.fpn.layer_blocks)
+    assert model.roi_heads.box_predictor.cls_score.in_features == 128
+    convs = [m for m in model.roi_heads.mask_head.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(64, 64), (64, 32)]
+    assert model.roi_heads.mask_predictor.conv5_mask.in_channels == 32
+    images, targets = tiny_batch()
+    _check_losses(model(images, targets))
+    model.eval()
+    with torch.no_grad():
+        _check_eval(model(images), 2, 96, 96)
+    full = sum(p.numel() for p in build_maskrcnn(tiny_cfg(backbone)).parameters())
+    assert sum(p.numel() for p in model.parameters()) < full
 
 
 @pytest.mark.parametrize("backbone,bands",
@@ -161,6 +192,10 @@ def test_default_config_is_valid_and_lists_become_tuples():
     (dict(min_size=900, max_size=800), "model.min_size"),
     (dict(box_score_thresh=1.5), "model.box_score_thresh"),
     (dict(trainable_backbone_layers=6), "model.trainable_backbone_layers"),
+    (dict(fpn_channels=0), "model.fpn_channels"),
+    (dict(box_head_size=0), "model.box_head_size"),
+    (dict(mask_head_layers=()), "model.mask_head_layers"),
+    (dict(mask_head_layers=(256, 0)), "model.mask_head_layers"),
     (dict(backbone_weights_sha256="abc"), "model.backbone_weights_sha256"),
 ])
 def test_config_refuses_bad_values(kwargs, needle):

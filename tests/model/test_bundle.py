@@ -81,6 +81,34 @@ def test_round_trip_reproduces_outputs(bundle_dir):
     assert unpasted["masks"].shape[-2:] == (28, 28)
 
 
+def test_head_sizes_travel_in_the_bundle(tmp_path):
+    """A model with smaller FPN / heads round-trips; a bundle.json that names other head sizes
+    than its weights have is refused; a bundle written before these keys existed still loads."""
+    cfg = _cfg(fpn_channels=64, box_head_size=128, mask_head_layers=(64, 32))
+    torch.manual_seed(0)
+    model = build_maskrcnn(cfg)
+    image = torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(1)) * 255
+    expected = _predict(model, image)
+    save_bundle(tmp_path / "small", model, cfg, tile_size=96, overlap=16)
+    bundle = load_bundle(tmp_path / "small")
+    assert bundle.model.mask_head_layers == (64, 32) and bundle.model.fpn_channels == 64
+    got = _predict(bundle.build_model(), image)
+    assert torch.equal(got["boxes"], expected["boxes"])
+
+    def default_heads(meta):
+        for key in ("fpn_channels", "box_head_size", "mask_head_layers"):
+            del meta["model"][key]
+
+    wrong = _clone(tmp_path / "small", tmp_path / "wrong", edit=default_heads)
+    with pytest.raises(BundleError, match="do not fit"):
+        load_bundle(wrong).build_model()
+    torch.manual_seed(0)
+    save_bundle(tmp_path / "full", build_maskrcnn(_cfg()), _cfg(), tile_size=96, overlap=16)
+    old = _clone(tmp_path / "full", tmp_path / "old", edit=default_heads)
+    assert load_bundle(old).model == _cfg()
+    load_bundle(old).build_model()
+
+
 def test_save_is_atomic_and_refuses_to_clobber(bundle_dir, tmp_path):
     path, cfg, _, _ = bundle_dir
     model = load_bundle(path, verify=False).build_model()
@@ -205,7 +233,8 @@ def test_cli_init_info_verify(tmp_path, capsys):
     pytest.importorskip("pipeline.config")
     out = tmp_path / "init"
     sets = ["--set", "model.backbone=mobilenet_v3_fpn", "--set", "model.classes=[car, truck]",
-            "--set", "tiling.tile_size=256", "--set", "tiling.overlap=32"]
+            "--set", "tiling.tile_size=256", "--set", "tiling.overlap=32",
+            "--set", "model.mask_head_layers=[128, 64]"]
     assert model_job.main(["init", "--out", str(out), "--seed", "3", *sets]) == 0
     model_id = load_bundle(out).model_id
     assert model_id in capsys.readouterr().out
@@ -213,12 +242,15 @@ def test_cli_init_info_verify(tmp_path, capsys):
     assert model_job.main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     for needle in ("mobilenet_v3_fpn", "1=car, 2=truck", "tile_size 256 px, overlap 32 px",
-                   model_id, "123.675", "min_size 800", "parameters"):
+                   model_id, "123.675", "min_size 800", "parameters",
+                   "FPN 256 channels, box head 1024, mask head convs [128, 64]"):
         assert needle in text, needle
     assert model_job.main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["model_id"] == model_id and info["classes"] == {"1": "car", "2": "truck"}
     assert info["parameters"] == info["trainable_parameters"] > 1_000_000
+    assert info["heads"] == {"fpn_channels": 256, "box_head_size": 1024,
+                             "mask_head_layers": [128, 64]}
     assert info["training"] == {"kind": "init", "seed": 3, "backbone_weights": None}
 
     assert model_job.main(["verify", str(out)]) == 0
