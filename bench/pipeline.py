@@ -34,7 +34,10 @@ not dominate) in a fresh subprocess with its own local Ray; the RSS of the whole
 (a spike shorter than the interval can be missed). The goal: the largest scene's peak at most
 1.3x the smallest's. The summed RSS counts a shared page once per process that maps it (Ray's
 object store pages show up in the producer's and the consumer's RSS), so the summed PSS (sampled
-10x less often) is printed beside it.
+10x less often) is printed beside it. `--rss-constant-objects` replays a seeded random
+(smallest / size)^2 of each scene's objects instead of all of them: the same pixels with about
+as many instances as the smallest scene, which separates what memory owes to pixels from what it
+owes to instances (DESIGN.md bounds the stitch by instances, never by pixels).
 
 Archives and bundles are cached in `--workdir` under names made of their options only (the
 20 000 px scene takes ~8 min to generate here); delete the directory after the generator changes.
@@ -42,6 +45,8 @@ Archives and bundles are cached in `--workdir` under names made of their options
     python bench/pipeline.py                    # from the repository root; ~20 min on 2 cores
     python bench/pipeline.py --skip-rss --reps 5 --backbone resnet18_fpn
     python bench/pipeline.py --skip-throughput --rss-sizes 5000,20000
+    python bench/pipeline.py --skip-throughput --rss-sizes 5000,10000,20000,40000 \
+        --rss-constant-objects --rss-timeout 3000
 
 Run it from the repository root (Ray ships the driver's working directory to its workers).
 """
@@ -476,15 +481,21 @@ def measure_tree_rss(cmd: list[str], log_path: Path, interval: float, timeout: f
             "processes": len(seen), "leftover": leftover}
 
 
-def rss_run(size: int, args, workdir: Path) -> dict:
+def rss_run(size: int, args, workdir: Path, keep: float = 1.0) -> dict:
+    """Peak RSS of the labels replay over one `size` px scene; `keep` < 1 replays that random
+    fraction of the scene's objects (the same pixels, fewer instances)."""
     start = time.perf_counter()
     archive = ensure_archive(workdir / f"rss-{size}px-d{args.rss_density:g}-seed{args.seed}",
                              scenes=1, size=size, seed=args.seed, density=args.rss_density)
     made = time.perf_counter() - start
     output = workdir / "runs" / f"rss-{size}"
     shutil.rmtree(output, ignore_errors=True)
+    labels = archive / "annotations.json"
+    if keep < 1.0:
+        labels = subsample_labels(labels, keep, workdir / "runs" / f"rss-{size}-labels.json",
+                                  args.seed)
     cmd = [sys.executable, "-m", "jobs.infer",
-           "--predictor", f"labels:{archive / 'annotations.json'}",
+           "--predictor", f"labels:{labels}",
            "--input", str(archive), "--output", str(output),
            "--set", f"tiling.tile_size={args.rss_tile_size}",
            "--set", f"tiling.overlap={args.overlap}", "--quiet"]
@@ -492,7 +503,7 @@ def rss_run(size: int, args, workdir: Path) -> dict:
     result = measure_tree_rss(cmd, log_path, args.rss_interval, args.rss_timeout)
     lines = [ln for ln in log_path.read_text(errors="replace").splitlines()
              if ln.startswith("maskray")]
-    result.update(size=size, line=lines[-1] if lines else "", synth_s=made,
+    result.update(size=size, line=lines[-1] if lines else "", synth_s=made, keep=keep,
                   file_mib=sum(p.stat().st_size for p in (archive / "scenes").glob("*.tif")) / 2**20)
     from pipeline.tiling import grid_windows
 
@@ -644,11 +655,25 @@ def print_throughput(t: dict, args) -> float:
     return ratio
 
 
+def subsample_labels(src: Path, keep: float, dst: Path, seed: int) -> Path:
+    """Write `src` (COCO) with a seeded random `keep` fraction of its annotations to `dst`."""
+    import json
+    import random
+
+    coco = json.loads(src.read_text())
+    anns = coco["annotations"]
+    coco["annotations"] = sorted(random.Random(seed).sample(anns, round(len(anns) * keep)),
+                                 key=lambda a: a["id"])
+    dst.write_text(json.dumps(coco))
+    return dst
+
+
 def print_rss(results: list[dict], args) -> None:
     print()
     print(f"peak RSS of `maskray infer --predictor labels:...` (tile {args.rss_tile_size} px, "
           f"density {args.rss_density:g}), process tree sampled every {args.rss_interval:g} s; "
-          f"MiB")
+          f"MiB" + ("; objects kept in proportion (smallest / size)^2, so every scene has about "
+                    "as many as the smallest" if args.rss_constant_objects else ""))
     print(f"{'scene px':>9} {'tiles':>6} {'file MiB':>9} {'wall s':>7} {'peak tree':>10} "
           f"{'driver':>8} {'workers':>8} {'ray sys':>8} {'tree PSS':>9}   own peaks d/w/r")
     for r in results:
@@ -704,6 +729,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rss-sizes", default="5000,20000", help="scene sides, comma-separated")
     parser.add_argument("--rss-tile-size", type=int, default=1024)
     parser.add_argument("--rss-density", type=float, default=0.2)
+    parser.add_argument("--rss-constant-objects", action="store_true",
+                        help="replay only (smallest size / size)^2 of each scene's objects, so "
+                             "memory is measured against pixels at a constant instance count")
     parser.add_argument("--rss-interval", type=float, default=0.2, help="seconds between samples")
     parser.add_argument("--rss-timeout", type=float, default=900.0,
                         help="seconds before an RSS run is stopped")
@@ -722,9 +750,11 @@ def main(argv=None) -> int:
         result = throughput(args, workdir)
     rss = []
     if not args.skip_rss:
-        for size in sorted(int(s) for s in args.rss_sizes.split(",") if s.strip()):
+        sizes = sorted(int(s) for s in args.rss_sizes.split(",") if s.strip())
+        for size in sizes:
+            keep = (sizes[0] / size) ** 2 if args.rss_constant_objects else 1.0
             print(f"rss: {size} px ...", flush=True)
-            rss.append(rss_run(size, args, workdir))
+            rss.append(rss_run(size, args, workdir, keep))
             r = rss[-1]
             print(f"rss: {size} px peak {r['peak_mib']:.0f} MiB in {r['wall_s']:.0f} s "
                   f"(synth {r['synth_s']:.0f} s)", flush=True)
