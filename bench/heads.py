@@ -8,8 +8,9 @@ training chips (`maskray synth --chips`), variants interleaved rep by rep after 
   predict:     eval forward of the same chips, masks unpasted (as the inference actor runs it),
                up to the demo's 200 detections a chip, which is what an untrained or weak model
                returns: the mask head then runs on every one of them.
-Every variant uses the demo's sampling and proposal settings (64 RoIs and anchors per image,
-1000 / 500 proposals), so only the sizes differ. Printed: median seconds per step and per
+Every variant takes the rest of its model settings from the demo's (`DEMO_TRAINING`: 64 RoIs
+and anchors per image, 1000 / 500 proposals, anchors from 8 px, no resize), so only the sizes
+differ. Printed: median seconds per step and per
 predicted chip, the ratio to torchvision's sizes, and parameter counts.
 
     .venv/bin/python bench/heads.py                      # ~3 min on 2 cores
@@ -42,16 +43,17 @@ VARIANTS = {
 
 
 def model_config(backbone: str, sizes: tuple):
-    """The demo's model settings (jobs/demo.py DEMO_TRAINING) with these head sizes."""
-    from model.config import ModelConfig
+    """The demo's model settings (jobs/demo.py DEMO_TRAINING, read from there) with this
+    backbone and these head sizes."""
+    from jobs.demo import DEMO_TRAINING
+    from pipeline.config import load_config
 
     fpn, box, mask = sizes
-    return ModelConfig(backbone=backbone, classes=CLASSES, resize=False,
-                       anchor_sizes=(8, 16, 32, 64, 128), rpn_batch_size_per_image=64,
-                       box_batch_size_per_image=64, rpn_pre_nms_top_n_train=1000,
-                       rpn_post_nms_top_n_train=1000, rpn_pre_nms_top_n_test=500,
-                       rpn_post_nms_top_n_test=500, box_detections_per_img=200,
-                       fpn_channels=fpn, box_head_size=box, mask_head_layers=mask)
+    demo = [item for item in DEMO_TRAINING if item != "--set"]
+    return load_config(None, [*demo, f"model.backbone={backbone}",
+                              f"model.classes=[{', '.join(CLASSES)}]",
+                              f"model.fpn_channels={fpn}", f"model.box_head_size={box}",
+                              f"model.mask_head_layers=[{', '.join(map(str, mask))}]"]).model
 
 
 def main(argv=None) -> int:
@@ -79,10 +81,8 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory() as tmp:
-        chips = generate_chips(tmp, ChipsConfig(count=args.batch_size * args.steps,
-                                                chip_size=args.chip_size, seed=7,
-                                                classes=CLASSES))
-        del chips
+        generate_chips(tmp, ChipsConfig(count=args.batch_size * args.steps,
+                                        chip_size=args.chip_size, seed=7, classes=CLASSES))
         data = CocoChips(os.path.join(tmp, "annotations.json"), CLASSES, (1, 2, 3))
         batches = [collate([data[i] for i in range(b * args.batch_size,
                                                     (b + 1) * args.batch_size)])
