@@ -26,6 +26,7 @@ because a cluster's workers do not share the driver's environment.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -281,8 +282,11 @@ def _sql_literal(value: Any) -> str:
 
 # ----------------------------------------------------------------------------- errors
 
-_CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden",
-                     "403", "ExpiredToken", "InvalidToken")
+# Whole words only: a bare "403" inside a message also matches a port such as ":54037".
+_CREDENTIAL_CODES = re.compile(r"\b(InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden"
+                               r"|403|ExpiredToken|InvalidToken)\b")
+_UNREACHABLE_WORDS = ("could not connect", "connect timeout", "read timeout", "timed out",
+                      "connection refused", "connection reset")
 
 
 @contextmanager
@@ -305,18 +309,32 @@ def storage_error(exc: BaseException, uri: str) -> StorageError:
     """One line for a failed storage call on `uri`, naming the likely fix; never includes
     credentials (botocore's messages don't carry them)."""
     text = " ".join(str(exc).split())[:300] or type(exc).__name__
+    unreachable = StorageError(f"{uri}: storage endpoint unreachable ({text}); check "
+                               "storage.endpoint_url / AWS_ENDPOINT_URL and the network")
     if "locate credentials" in text or "NoCredentials" in text:
         return StorageError(f"{uri}: no credentials found; set AWS_ACCESS_KEY_ID / "
                             "AWS_SECRET_ACCESS_KEY or AWS_PROFILE in the environment")
-    if isinstance(exc, PermissionError) or any(code in text for code in _CREDENTIAL_CODES):
+    if _is_transport_error(exc):  # no answer came back, so nothing was refused
+        return unreachable
+    if isinstance(exc, PermissionError) or _CREDENTIAL_CODES.search(text):
         return StorageError(f"{uri}: access denied ({text}); check the credentials in the "
                             "environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE)")
     if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text:
         return StorageError(f"{uri}: not found ({text})")
-    if any(word in text.lower() for word in ("connect", "timed out", "timeout")):
-        return StorageError(f"{uri}: storage endpoint unreachable ({text}); check "
-                            "storage.endpoint_url / AWS_ENDPOINT_URL and the network")
+    if any(word in text.lower() for word in _UNREACHABLE_WORDS):
+        return unreachable
     return StorageError(f"{uri}: storage request failed: {type(exc).__name__}: {text}")
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """True for botocore's "no HTTP answer" errors (connect/read timeouts, refused or reset
+    connections, DNS), which carry no S3 error code."""
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:  # pragma: no cover - botocore comes with s3fs
+        return False
+    return isinstance(exc, (BotoConnectionError, HTTPClientError))
 
 
 # ----------------------------------------------------------------------------- local copies

@@ -63,6 +63,26 @@ def s3_prefix(moto_s3, request):
     return moto_s3.uri("storage", request.node.name)
 
 
+@pytest.mark.parametrize("port", [54037, 4030, 9000])
+def test_storage_errors_name_the_cause_whatever_the_port(port):
+    """An endpoint's port must not read as an S3 error code (":54037" holds "403")."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+    url = f"http://127.0.0.1:{port}/out"
+    timeout = storage.storage_error(ReadTimeoutError(endpoint_url=url), "s3://out/r")
+    assert "storage endpoint unreachable" in str(timeout) and "access denied" not in str(timeout)
+    refused = storage.storage_error(EndpointConnectionError(endpoint_url=url), "s3://out/r")
+    assert "storage endpoint unreachable" in str(refused)
+    # a plain OSError carrying the same text (as s3fs re-raises some) reads the same way
+    assert "unreachable" in str(storage.storage_error(OSError(f"Read timeout on {url}"), "x"))
+    denied = ClientError({"Error": {"Code": "InvalidAccessKeyId", "Message": "no such key"}},
+                         "ListObjectsV2")
+    assert "access denied" in str(storage.storage_error(denied, "s3://out/r"))
+    forbidden = ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "HeadObject")
+    assert "access denied" in str(storage.storage_error(forbidden, "s3://out/r"))
+    missing = storage.storage_error(FileNotFoundError(f"{url}/x"), "s3://out/r")
+    assert "not found" in str(missing)
+
+
 def test_listing_an_s3_prefix_glob_and_list_file(s3_prefix, tmp_path):
     fs, base = storage.filesystem(s3_prefix)
     _geotiff(tmp_path / "a.tif")
