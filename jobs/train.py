@@ -213,6 +213,7 @@ def _with_band_statistics(cfg, subset):
     carries the normalisation it was trained with)."""
     from model.chips import band_statistics
     from model.datasets import open_training_set
+    from model.precision import autocast_dtype
 
     mean, std = band_statistics(open_training_set(cfg, cfg.train.data, subset=subset))
     print(f"maskray train: per-band normalisation from the training images: mean "
@@ -251,6 +252,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from model.build import build_maskrcnn
     from model.chips import collate
     from model.datasets import open_training_set
+    from model.precision import autocast_dtype
     from model.train import (checkpoint_state, make_optimizer, make_scheduler, restore_state,
                              train_epoch)
     from model.validation import epoch_metrics, shard_indices, validate_shard
@@ -282,6 +284,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer = make_optimizer(model, tc, world)
     scheduler = make_scheduler(optimizer, steps_per_epoch * tc.epochs, tc)
     scaler = torch.amp.GradScaler("cuda") if tc.amp and device.type == "cuda" else None
+    autocast = autocast_dtype(device.type, cuda_dtype=torch.float16 if scaler else None,
+                              cpu_precision=tc.cpu_precision)
+    if rank == 0 and autocast is not None:
+        _say(f"maskray train: forward passes autocast to {str(autocast).split('.')[-1]}")
 
     first_epoch, history = 0, []
     resumed = ray.train.get_checkpoint()
@@ -309,7 +315,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         dataset.set_epoch(epoch)
         epoch_start = time.perf_counter()
         stats = train_epoch(model, loader, optimizer, scheduler, scaler, device, tc.clip_norm,
-                            on_step)
+                            on_step, autocast)
         metrics = _mean_over_workers(stats.losses, dist if world > 1 else None, device)
         metrics.update(epoch=epoch + 1, steps=stats.steps * world,
                        images_per_second=stats.images_per_second * world,

@@ -29,6 +29,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from model.config import BACKBONES, ModelConfig
+from model.precision import float32_box_deltas
 from model.transform import build_transform
 from model.weights import check_sha256, load_state_dict_bytes, read_bytes
 from pipeline.errors import BundleError, ConfigError
@@ -103,6 +104,7 @@ def build_maskrcnn(cfg: ModelConfig, paste_masks: bool = True, *,
                      box_roi_pool=box_pool, mask_roi_pool=mask_pool,
                      min_size=cfg.min_size, max_size=cfg.max_size, **kwargs)
     model.transform = build_transform(cfg, paste_masks=paste_masks)
+    float32_box_deltas(model)  # box coordinates stay float32 under bf16 / fp16 autocast
     if load_backbone_weights and cfg.backbone_weights is not None:
         load_backbone_file(model, cfg)
     return model

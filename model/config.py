@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pipeline.errors import ConfigError
 
 BACKBONES = ("resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn", "mobilenet_v3_fpn")
+# train.cpu_precision / infer.cpu_precision (model/precision.py says what each does)
+CPU_PRECISIONS = ("fp32", "bf16", "auto")
 
 # ImageNet statistics (torchvision's 0-1 values) times 255, i.e. for 8-bit RGB bands.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)

@@ -67,11 +67,13 @@ class EpochStats:
 
 def train_step(model: nn.Module, images: list[torch.Tensor], targets: list[dict],
                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-               clip_norm: float) -> dict[str, float]:
+               clip_norm: float, autocast: torch.dtype | None = None) -> dict[str, float]:
     """One optimiser step; returns the five losses and `loss` as floats. Raises FloatingPointError
-    on a non-finite loss (the run stops rather than training on NaN)."""
+    on a non-finite loss (the run stops rather than training on NaN). autocast: the forward's
+    autocast dtype (`model.precision.autocast_dtype`; float16 comes with a `scaler`), None for
+    float32."""
     device_type = images[0].device.type
-    with torch.autocast(device_type, dtype=torch.float16, enabled=scaler is not None):
+    with torch.autocast(device_type, dtype=autocast or torch.float32, enabled=autocast is not None):
         loss_dict = model(images, targets)
     loss = sum(loss_dict.values())
     if not torch.isfinite(loss):
@@ -96,16 +98,17 @@ def train_step(model: nn.Module, images: list[torch.Tensor], targets: list[dict]
 
 def train_epoch(model: nn.Module, batches: Iterable[tuple[list[torch.Tensor], list[dict]]],
                 optimizer: torch.optim.Optimizer, scheduler, scaler, device: torch.device,
-                clip_norm: float, on_step: Callable[[int, dict[str, float]], None] | None = None
-                ) -> EpochStats:
-    """One pass over `batches`; `on_step(step_in_epoch, losses)` after each step (logging)."""
+                clip_norm: float, on_step: Callable[[int, dict[str, float]], None] | None = None,
+                autocast: torch.dtype | None = None) -> EpochStats:
+    """One pass over `batches`; `on_step(step_in_epoch, losses)` after each step (logging);
+    autocast: as in `train_step`."""
     model.train()
     stats, start = EpochStats(), time.perf_counter()
     sums: dict[str, float] = {}
     for images, targets in batches:
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-        losses = train_step(model, images, targets, optimizer, scaler, clip_norm)
+        losses = train_step(model, images, targets, optimizer, scaler, clip_norm, autocast)
         scheduler.step()
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + v

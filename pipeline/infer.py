@@ -70,6 +70,7 @@ def model_source(bundle_uri: str, cfg: Config) -> Source:
                                          "batch_size": cfg.infer.batch_size,
                                          "threads": cfg.infer.threads,  # 0: dataflow decides
                                          "channels_last": cfg.infer.channels_last,
+                                         "cpu_precision": cfg.infer.cpu_precision,
                                          "storage": storage.resolve(cfg.storage).to_dict()},
                          bands=tuple(bundle.model.bands), fill=tuple(mean),
                          uses_gpu=cfg.infer.device != "cpu")

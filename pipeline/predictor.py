@@ -40,7 +40,8 @@ class TilePredictor:
     """Mask R-CNN from a model bundle, loaded once per instance (once per Ray actor).
 
     Forward passes run in chunks of `batch_size` tiles under `torch.inference_mode`, with bf16
-    autocast on CUDA. The model is built with `paste_masks=False`: it returns (N, 1, 28, 28)
+    autocast on CUDA, and on CPU when `cpu_precision` resolves to "bf16" (`infer.cpu_precision`,
+    model/precision.py). The model is built with `paste_masks=False`: it returns (N, 1, 28, 28)
     mask probabilities, which `encode_box_masks` turns into box-local RLEs without ever making
     the N x T x T float masks torchvision would paste. channels_last: the model's weights in
     NHWC (`infer.channels_last`), so its convolutions run NHWC.
@@ -48,8 +49,9 @@ class TilePredictor:
 
     def __init__(self, bundle_uri: str, device: str = "auto", batch_size: int = 4,
                  amp: bool = True, threads: int | None = None, channels_last: bool = False,
-                 storage: dict[str, Any] | None = None) -> None:
+                 storage: dict[str, Any] | None = None, cpu_precision: str = "fp32") -> None:
         from model.bundle import load_bundle  # torchvision import stays off the driver's path
+        from model.precision import autocast_dtype
         from pipeline.storage import configure
 
         configure(storage)  # a bundle in object storage: this process's endpoint and timeouts
@@ -63,8 +65,10 @@ class TilePredictor:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.mask_threshold = bundle.model.mask_threshold
         self.batch_size = batch_size
-        self.amp = amp and self.device.type == "cuda"
-        log.info("TilePredictor: model %s on %s", bundle.model_id, self.device)
+        self.autocast = autocast_dtype(self.device.type, cuda_dtype=torch.bfloat16 if amp else None,
+                                       cpu_precision=cpu_precision)
+        log.info("TilePredictor: model %s on %s (%s)", bundle.model_id, self.device,
+                 str(self.autocast or torch.float32).split(".")[-1])
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["x0"])
@@ -116,8 +120,9 @@ class TilePredictor:
         """images: (B, C, T, T) raw band values, any dtype -> per image, detections in the tile
         frame. Integer tiles cross to the device as they are and become float32 there."""
         tensor = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).float()
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                     enabled=self.amp):
+        with torch.inference_mode(), torch.autocast(self.device.type,
+                                                     dtype=self.autocast or torch.float32,
+                                                     enabled=self.autocast is not None):
             outputs = self.model(list(tensor))
         size = (images.shape[2], images.shape[3])
         return [encode_box_masks(o["masks"].float().cpu(), o["boxes"].float().cpu(),

@@ -56,3 +56,27 @@ def test_channels_last_gives_the_same_detections(tiny_bundle):
         assert [(d.class_id, d.x0, d.y0, d.x1, d.y1) for d in a] == \
                [(d.class_id, d.x0, d.y0, d.x1, d.y1) for d in b]
         np.testing.assert_allclose([d.score for d in a], [d.score for d in b], atol=1e-4)
+
+
+def test_bf16_on_cpu_autocasts_the_model_and_keeps_the_strongest_detections(tiny_bundle):
+    """infer.cpu_precision=bf16: the convolutions run bf16; the tiles' detections are still
+    float32 rows, and the fp32 run's strongest boxes are found again (bf16 keeps 8 bits of
+    mantissa, so scores move in the third digit and the weakest boxes may trade places)."""
+    from torchvision.ops import box_iou
+
+    batch = _batch(3, poisoned=1)
+    fp32 = TilePredictor(str(tiny_bundle), device="cpu", batch_size=3)
+    bf16 = TilePredictor(str(tiny_bundle), device="cpu", batch_size=3, cpu_precision="bf16")
+    assert fp32.autocast is None and bf16.autocast is torch.bfloat16
+    seen: list[torch.dtype] = []
+    conv = next(m for m in bf16.model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    a, b = fp32(dict(batch))["detections"], bf16(dict(batch))["detections"]
+    assert seen == [torch.bfloat16]
+    for ours, theirs in zip(a, b):
+        assert len(theirs) > 0 and all(isinstance(d.score, float) for d in theirs)
+        strongest = sorted(ours, key=lambda d: -d.score)[:3]
+        boxes = torch.tensor([[d.x0, d.y0, d.x1, d.y1] for d in theirs], dtype=torch.float32)
+        for d in strongest:
+            iou = box_iou(torch.tensor([[d.x0, d.y0, d.x1, d.y1]], dtype=torch.float32), boxes)[0]
+            assert float(iou.max()) > 0.7, (d, theirs[:5])
