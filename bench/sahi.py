@@ -18,6 +18,9 @@ process, and the RSS of its whole process tree is sampled every `--rss-interval`
       one more forward over the whole scene, which at 4 096 px is neither sliced inference nor
       affordable. `force_postprocess_type=True` is set because SAHI would otherwise swap its merge
       for NMS below a 0.1 threshold. The predictions' polygons become COCO RLEs.
+      `--sahi-precisions fp32,bf16` runs SAHI a second time inside `torch.autocast("cpu",
+      torch.bfloat16)`, to compare with maskray's `--maskray-sets infer.cpu_precision=bf16`: the
+      bundle's model keeps its box deltas in float32 either way (model/precision.py).
   naive ray example: this file with `--naive-worker`, written the way Ray's "Object Detection
       Batch Inference with PyTorch" example is. It cuts the scene into 8-bit RGB PNG tiles (the
       maskray grid, `pipeline.tiling.grid_windows` with the bundle's tile size and overlap; offsets
@@ -130,7 +133,8 @@ def sahi_worker(args: argparse.Namespace) -> int:
         image = np.moveaxis(src.read(list(bundle.model.bands)), 0, -1)  # (H, W, 3) RGB
     kind, metric, threshold = args.merge.split(":")
     tile, overlap = bundle.tile_size, bundle.overlap
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                 enabled=args.precision == "bf16"):
         result = get_sliced_prediction(
             image, detector, slice_height=tile, slice_width=tile,
             overlap_height_ratio=overlap / tile, overlap_width_ratio=overlap / tile,
@@ -327,10 +331,13 @@ def run(args: argparse.Namespace) -> int:
                           "detections": len(_instances(out))}))
             _print_row(rows[-1])
         for merge in args.merges if "sahi" in args.contenders else ():
-            measured, found, score = worker(
-                f"sahi-{merge.replace(':', '-')}-{rep}", "--sahi-worker", "--merge", merge)
-            rows.append((f"sahi {merge}", rep, measured, score))
-            _print_row(rows[-1])
+            for precision in args.sahi_precisions:
+                suffix = "" if precision == "fp32" else f" {precision}"
+                measured, found, score = worker(
+                    f"sahi-{merge.replace(':', '-')}-{precision}-{rep}", "--sahi-worker",
+                    "--merge", merge, "--precision", precision)
+                rows.append((f"sahi {merge}{suffix}", rep, measured, score))
+                _print_row(rows[-1])
         if "naive" in args.contenders:
             measured, found, score = worker(f"naive-{rep}", "--naive-worker", "--tiles",
                                             str(workdir / "naive-tiles"))
@@ -401,6 +408,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=5, help="synthetic scene seed")
     parser.add_argument("--merges", type=lambda s: s.split(","), default=list(DEFAULT_MERGES),
                         help="SAHI postprocess settings, TYPE:METRIC:THRESHOLD, comma-separated")
+    parser.add_argument("--sahi-precisions", type=lambda s: s.split(","), default=["fp32"],
+                        help="SAHI runs per merge: fp32 and/or bf16 (under CPU bf16 autocast)")
     parser.add_argument("--maskray-sets", type=lambda s: s.split(","),
                         default=["", "infer.threads=1"],
                         help="maskray runs: one per entry, each with that `--set` (empty: defaults)")
@@ -415,9 +424,12 @@ def main(argv=None) -> int:
     parser.add_argument("--tiles", help=argparse.SUPPRESS)
     parser.add_argument("--scene", help=argparse.SUPPRESS)
     parser.add_argument("--merge", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--image-id", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--results", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if set(args.sahi_precisions) - {"fp32", "bf16"} or not args.sahi_precisions:
+        parser.error(f"--sahi-precisions takes fp32 and/or bf16, got {args.sahi_precisions}")
     if args.sahi_worker:
         return sahi_worker(args)
     return naive_worker(args) if args.naive_worker else run(args)
