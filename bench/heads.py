@@ -23,7 +23,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -71,22 +70,15 @@ def main(argv=None) -> int:
 
     import torch
 
+    from bench.chipsteps import chip_batches, interleaved
     from model.build import build_maskrcnn
-    from model.chips import CocoChips, collate
-    from pipeline.synth import ChipsConfig, generate_chips
 
     torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = set(names) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
-    with tempfile.TemporaryDirectory() as tmp:
-        generate_chips(tmp, ChipsConfig(count=args.batch_size * args.steps,
-                                        chip_size=args.chip_size, seed=7, classes=CLASSES))
-        data = CocoChips(os.path.join(tmp, "annotations.json"), CLASSES, (1, 2, 3))
-        batches = [collate([data[i] for i in range(b * args.batch_size,
-                                                    (b + 1) * args.batch_size)])
-                   for b in range(args.steps)]
+    batches = chip_batches(CLASSES, (1, 2, 3), args.batch_size, args.steps, args.chip_size)
     models, optimizers = {}, {}
     for name in names:
         torch.manual_seed(0)
@@ -115,16 +107,7 @@ def main(argv=None) -> int:
     for name in names:  # warm-up: allocator, OpenMP pool, first-call paths
         models[name].train()(*batches[0])
         predict(name)
-    step: dict[str, list[float]] = {n: [] for n in names}
-    chip: dict[str, list[float]] = {n: [] for n in names}
-    dets: dict[str, int] = {}
-    for rep in range(args.reps):
-        order = names[rep % len(names):] + names[:rep % len(names)]
-        for name in order:
-            step[name].append(train_steps(name))
-            seconds, dets[name] = predict(name)
-            chip[name].append(seconds)
-        print(f"rep {rep + 1}/{args.reps} done", file=sys.stderr, flush=True)
+    step, chip, dets = interleaved(names, args.reps, train_steps, predict)
 
     print(f"{args.backbone}, {args.chip_size} px chips, train batch {args.batch_size}, "
           f"{args.threads} thread(s), {args.steps} steps x {args.reps} reps, torch "

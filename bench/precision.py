@@ -27,7 +27,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -82,11 +81,10 @@ def main(argv=None) -> int:
 
     import torch
 
+    from bench.chipsteps import chip_batches, interleaved
     from model.build import build_maskrcnn
     from model.bundle import load_bundle
-    from model.chips import CocoChips, collate
     from model.precision import cpu_has_native_bf16
-    from pipeline.synth import ChipsConfig, generate_chips
 
     torch.set_num_threads(args.threads)
     if args.bundle:
@@ -98,13 +96,7 @@ def main(argv=None) -> int:
         classes, bands = CLASSES, (1, 2, 3)
         torch.manual_seed(0)
         build = lambda: build_maskrcnn(cfg)  # noqa: E731 - one model per precision below
-    with tempfile.TemporaryDirectory() as tmp:
-        generate_chips(tmp, ChipsConfig(count=args.batch_size * args.steps,
-                                        chip_size=args.chip_size, seed=7, classes=classes))
-        data = CocoChips(os.path.join(tmp, "annotations.json"), classes, bands)
-        batches = [collate([data[i] for i in range(b * args.batch_size,
-                                                    (b + 1) * args.batch_size)])
-                   for b in range(args.steps)]
+    batches = chip_batches(classes, bands, args.batch_size, args.steps, args.chip_size)
     state = build().state_dict()
     models, optimizers = {}, {}
     for name in PRECISIONS:  # the same weights for both
@@ -146,15 +138,7 @@ def main(argv=None) -> int:
         with autocast(name):
             models[name].train()(*batches[0])
         predict(name)
-    step: dict[str, list[float]] = {n: [] for n in names}
-    chip: dict[str, list[float]] = {n: [] for n in names}
-    outputs: dict[str, list[dict]] = {}
-    for rep in range(args.reps):
-        for name in names[rep % 2:] + names[:rep % 2]:
-            step[name].append(train_steps(name))
-            seconds, outputs[name] = predict(name)
-            chip[name].append(seconds)
-        print(f"rep {rep + 1}/{args.reps} done", file=sys.stderr, flush=True)
+    step, chip, outputs = interleaved(names, args.reps, train_steps, predict)
 
     print(f"{args.bundle or 'demo model, random weights'}: {args.chip_size} px chips, train batch "
           f"{args.batch_size}, {args.threads} thread(s), {args.steps} steps x {args.reps} reps, "

@@ -1,0 +1,43 @@
+"""Shared by bench/heads.py and bench/precision.py: batches of synthetic training chips, and
+variants timed interleaved rep by rep (each rep starts with the next variant, so drift in the
+machine's speed is spread over all of them)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from typing import Callable, Sequence
+
+
+def chip_batches(classes: Sequence[str], bands: Sequence[int], batch_size: int, steps: int,
+                 chip_size: int, seed: int = 7) -> list[tuple[list, list]]:
+    """`steps` collated (images, targets) batches of `batch_size` chips of `chip_size` px from
+    the synthetic generator (`maskray synth --chips`), as Ray Train workers get them."""
+    from model.chips import CocoChips, collate
+    from pipeline.synth import ChipsConfig, generate_chips
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_chips(tmp, ChipsConfig(count=batch_size * steps, chip_size=chip_size, seed=seed,
+                                        classes=tuple(classes)))
+        data = CocoChips(os.path.join(tmp, "annotations.json"), tuple(classes), tuple(bands))
+        return [collate([data[i] for i in range(b * batch_size, (b + 1) * batch_size)])
+                for b in range(steps)]
+
+
+def interleaved(names: Sequence[str], reps: int, train_step: Callable[[str], float],
+                predict: Callable[[str], tuple[float, object]]
+                ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, object]]:
+    """Run `train_step(name)` (seconds a step) then `predict(name)` ((seconds a chip, what it
+    found)) for every variant, `reps` times, rotating the order. Returns the per-rep seconds a
+    step and a chip, and each variant's last `predict` result."""
+    step: dict[str, list[float]] = {n: [] for n in names}
+    chip: dict[str, list[float]] = {n: [] for n in names}
+    found: dict[str, object] = {}
+    for rep in range(reps):
+        for name in list(names[rep % len(names):]) + list(names[:rep % len(names)]):
+            step[name].append(train_step(name))
+            seconds, found[name] = predict(name)
+            chip[name].append(seconds)
+        print(f"rep {rep + 1}/{reps} done", file=sys.stderr, flush=True)
+    return step, chip, found
