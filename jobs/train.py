@@ -213,7 +213,6 @@ def _with_band_statistics(cfg, subset):
     carries the normalisation it was trained with)."""
     from model.chips import band_statistics
     from model.datasets import open_training_set
-    from model.precision import autocast_dtype
 
     mean, std = band_statistics(open_training_set(cfg, cfg.train.data, subset=subset))
     print(f"maskray train: per-band normalisation from the training images: mean "

@@ -9,7 +9,7 @@ On CUDA, training autocasts to float16 (with a GradScaler) and inference to bflo
     "auto"  "bf16" where the CPU has native bf16 instructions (AMX or AVX-512 BF16), else "fp32":
             elsewhere bf16 is emulated and slower than float32
 
-On this project's 2-core Xeon (AMX), bf16 makes a demo training step 1.5x and a prediction 1.9x
+On this project's 2-core Xeon (AMX), bf16 makes a demo training step 1.55x and a prediction 2.0x
 as fast (bench/precision.py); docs/benchmarks.md has the figures and what it does to AP.
 """
 

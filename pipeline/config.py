@@ -69,9 +69,10 @@ class InferConfig:
     threads: torch intra-op threads per actor (0 = auto, `pipeline.dataflow.actor_threads`: a
         GPU actor's reserved CPUs; on CPU, the cluster's CPUs shared between the actors, since
         the CPU kept for the read tasks is mostly idle).
-    cpu_precision: "fp32", "bf16" (bfloat16 autocast of the model on CPU actors: 1.9x the
-        predictions a second on an AMX CPU, slightly different scores) or "auto" (bf16 where the
-        CPU has AMX or AVX-512 BF16, else fp32). On CUDA the model always autocasts to bf16.
+    cpu_precision: "fp32", "bf16" (bfloat16 autocast of the model on CPU actors: 2.0x the
+        predictions a second on an AMX CPU, scene AP50 0.142 -> 0.137 for the demo's 8-epoch
+        model) or "auto" (bf16 where the CPU has AMX or AVX-512 BF16, else fp32). On CUDA the
+        model always autocasts to bf16.
     channels_last: run the model's convolutions in NHWC (`torch.channels_last`): 1.25x the
         images/s of NCHW on this project's CPU machine with the same detections (bench/forward.py);
         false for a device where NHWC is slower.

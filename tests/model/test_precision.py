@@ -64,3 +64,27 @@ def test_a_bf16_training_step_runs_the_convolutions_in_bf16_and_keeps_float32_we
     # without autocast the same step runs float32
     train_step(model, images, targets, optimizer, None, 10.0)
     assert seen == [torch.bfloat16, torch.float32]
+
+
+def test_box_deltas_stay_float32_under_bf16_so_coordinates_are_not_quantised(tiny_cfg, tiny_batch):
+    """torchvision decodes boxes in the deltas' dtype; bf16 would put coordinates on a 0.5-4 px
+    grid (between 64 and 512 px). The RPN head and the box predictor return float32 (model.precision.float32_box_deltas),
+    and the state dict is torchvision's."""
+    torch.manual_seed(0)
+    model = build_maskrcnn(tiny_cfg()).eval()
+    seen: dict[str, torch.dtype] = {}
+    model.rpn.head.register_forward_hook(
+        lambda _m, _i, out: seen.update(rpn_deltas=out[1][0].dtype, rpn_logits=out[0][0].dtype))
+    model.roi_heads.box_predictor.register_forward_hook(
+        lambda _m, _i, out: seen.update(box_deltas=out[1].dtype))
+    proposals = []
+    model.rpn.register_forward_hook(lambda _m, _i, out: proposals.extend(out[0]))
+    images, _ = tiny_batch()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images)
+    assert seen == {"rpn_deltas": torch.float32, "rpn_logits": torch.float32,
+                    "box_deltas": torch.float32}
+    assert all(p.dtype == torch.float32 for p in proposals)  # bf16 without the hooks
+    assert all(o["boxes"].dtype == torch.float32 for o in out)
+    names = {n for n, _ in model.named_parameters()}
+    assert {"rpn.head.bbox_pred.weight", "roi_heads.box_predictor.bbox_pred.weight"} <= names
