@@ -68,8 +68,8 @@ def test_a_bf16_training_step_runs_the_convolutions_in_bf16_and_keeps_float32_we
 
 def test_box_deltas_stay_float32_under_bf16_so_coordinates_are_not_quantised(tiny_cfg, tiny_batch):
     """torchvision decodes boxes in the deltas' dtype; bf16 would put coordinates on a 0.5-4 px
-    grid (between 64 and 512 px). The RPN head and the box predictor return float32 (model.precision.float32_box_deltas),
-    and the state dict is torchvision's."""
+    grid (between 64 and 512 px). The RPN head and the box predictor return float32
+    (model.precision.float32_box_deltas), and the state dict is torchvision's."""
     torch.manual_seed(0)
     model = build_maskrcnn(tiny_cfg()).eval()
     seen: dict[str, torch.dtype] = {}
