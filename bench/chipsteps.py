@@ -1,13 +1,28 @@
-"""Shared by bench/heads.py and bench/precision.py: batches of synthetic training chips, and
-variants timed interleaved rep by rep (each rep starts with the next variant, so drift in the
-machine's speed is spread over all of them)."""
+"""Shared by bench/heads.py and bench/precision.py: the demo's model settings, batches of
+synthetic training chips, a timed train step, and variants timed interleaved rep by rep (each rep
+starts with the next variant, so drift in the machine's speed is spread over all of them)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
-from typing import Callable, Sequence
+import time
+from typing import Callable, ContextManager, Sequence
+
+CLASSES = ("building", "vehicle", "ship", "tree")
+
+
+def demo_model_config(*overrides: str):
+    """The demo's model settings (jobs/demo.py DEMO_TRAINING, read from there) with the four
+    synthetic classes, then `overrides` ("model.key=value")."""
+    from jobs.demo import DEMO_TRAINING
+    from pipeline.config import load_config
+
+    demo = [item for item in DEMO_TRAINING if item != "--set"]
+    return load_config(None, [*demo, f"model.classes=[{', '.join(CLASSES)}]",
+                              *overrides]).model
 
 
 def chip_batches(classes: Sequence[str], bands: Sequence[int], batch_size: int, steps: int,
@@ -41,3 +56,20 @@ def interleaved(names: Sequence[str], reps: int, train_step: Callable[[str], flo
             chip[name].append(seconds)
         print(f"rep {rep + 1}/{reps} done", file=sys.stderr, flush=True)
     return step, chip, found
+
+
+def seconds_per_train_step(model, optimizer, batches: Sequence[tuple[list, list]],
+                           forward_context: Callable[[], ContextManager] = contextlib.nullcontext
+                           ) -> float:
+    """Mean seconds of forward with targets (inside `forward_context()`), backward and SGD step
+    over `batches`."""
+    model.train()
+    start = time.perf_counter()
+    for images, targets in batches:
+        with forward_context():
+            losses = model(images, targets)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return (time.perf_counter() - start) / len(batches)

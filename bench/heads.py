@@ -31,8 +31,6 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-CLASSES = ("building", "vehicle", "ship", "tree")
-
 # name -> (fpn_channels, box_head_size, mask_head_layers)
 VARIANTS = {
     "torchvision": (256, 1024, (256, 256, 256, 256)),
@@ -42,17 +40,13 @@ VARIANTS = {
 
 
 def model_config(backbone: str, sizes: tuple):
-    """The demo's model settings (jobs/demo.py DEMO_TRAINING, read from there) with this
-    backbone and these head sizes."""
-    from jobs.demo import DEMO_TRAINING
-    from pipeline.config import load_config
+    """The demo's model settings with this backbone and these head sizes."""
+    from bench.chipsteps import demo_model_config
 
     fpn, box, mask = sizes
-    demo = [item for item in DEMO_TRAINING if item != "--set"]
-    return load_config(None, [*demo, f"model.backbone={backbone}",
-                              f"model.classes=[{', '.join(CLASSES)}]",
-                              f"model.fpn_channels={fpn}", f"model.box_head_size={box}",
-                              f"model.mask_head_layers=[{', '.join(map(str, mask))}]"]).model
+    return demo_model_config(f"model.backbone={backbone}", f"model.fpn_channels={fpn}",
+                             f"model.box_head_size={box}",
+                             f"model.mask_head_layers=[{', '.join(map(str, mask))}]")
 
 
 def main(argv=None) -> int:
@@ -70,7 +64,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from bench.chipsteps import chip_batches, interleaved
+    from bench.chipsteps import CLASSES, chip_batches, interleaved, seconds_per_train_step
     from model.build import build_maskrcnn
 
     torch.set_num_threads(args.threads)
@@ -86,14 +80,7 @@ def main(argv=None) -> int:
         optimizers[name] = torch.optim.SGD(models[name].parameters(), lr=1e-4, momentum=0.9)
 
     def train_steps(name: str) -> float:
-        model, opt = models[name].train(), optimizers[name]
-        start = time.perf_counter()
-        for images, targets in batches:
-            loss = sum(model(images, targets).values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return (time.perf_counter() - start) / len(batches)
+        return seconds_per_train_step(models[name], optimizers[name], batches)
 
     def predict(name: str) -> tuple[float, int]:
         model = models[name].eval()

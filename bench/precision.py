@@ -35,17 +35,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-CLASSES = ("building", "vehicle", "ship", "tree")
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}
-
-
-def demo_model_config():
-    """The demo's model settings, read from jobs/demo.py DEMO_TRAINING."""
-    from jobs.demo import DEMO_TRAINING
-    from pipeline.config import load_config
-
-    demo = [item for item in DEMO_TRAINING if item != "--set"]
-    return load_config(None, [*demo, f"model.classes=[{', '.join(CLASSES)}]"]).model
 
 
 def matched(reference: list[dict], other: list[dict], min_iou: float,
@@ -81,7 +71,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from bench.chipsteps import chip_batches, interleaved
+    from bench.chipsteps import (CLASSES, chip_batches, demo_model_config, interleaved,
+                                 seconds_per_train_step)
     from model.build import build_maskrcnn
     from model.bundle import load_bundle
     from model.precision import cpu_has_native_bf16
@@ -114,16 +105,8 @@ def main(argv=None) -> int:
                               enabled=dtype is not None)
 
     def train_steps(name: str) -> float:
-        model, opt = models[name].train(), optimizers[name]
-        start = time.perf_counter()
-        for images, targets in batches:
-            with autocast(name):
-                losses = model(images, targets)
-            loss = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return (time.perf_counter() - start) / len(batches)
+        return seconds_per_train_step(models[name], optimizers[name], batches,
+                                      lambda: autocast(name))
 
     def predict(name: str) -> tuple[float, list[dict]]:
         outputs: list[dict] = []

@@ -22,6 +22,13 @@ BACKBONES = ("resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn", "mobilenet_v3_fp
 # train.cpu_precision / infer.cpu_precision (model/precision.py says what each does)
 CPU_PRECISIONS = ("fp32", "bf16", "auto")
 
+
+def check_cpu_precision(value: str) -> None:
+    """ValueError unless `value` is one of CPU_PRECISIONS."""
+    if value not in CPU_PRECISIONS:
+        raise ValueError(f"cpu_precision must be one of {', '.join(CPU_PRECISIONS)}, "
+                         f"not {value!r}")
+
 # ImageNet statistics (torchvision's 0-1 values) times 255, i.e. for 8-bit RGB bands.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)

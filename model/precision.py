@@ -20,7 +20,7 @@ import logging
 
 import torch
 
-from model.config import CPU_PRECISIONS
+from model.config import check_cpu_precision
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,7 @@ def cpu_has_native_bf16() -> bool:
 
 def resolve_cpu_precision(value: str) -> str:
     """"fp32" | "bf16" | "auto" -> "fp32" | "bf16" for this machine."""
-    if value not in CPU_PRECISIONS:
-        raise ValueError(f"cpu_precision must be one of {', '.join(CPU_PRECISIONS)}, not {value!r}")
+    check_cpu_precision(value)
     if value == "auto":
         return "bf16" if cpu_has_native_bf16() else "fp32"
     if value == "bf16" and not cpu_has_native_bf16():

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from model.config import CPU_PRECISIONS, ModelConfig
+from model.config import ModelConfig, check_cpu_precision
 from pipeline.errors import ConfigError
 from pipeline.storage import StorageConfig
 
@@ -96,7 +96,7 @@ class InferConfig:
     stall_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
-        _check_cpu_precision(self.cpu_precision)
+        check_cpu_precision(self.cpu_precision)
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
         if self.stall_timeout_s <= 0 and self.stall_timeout_s != -1:
@@ -189,7 +189,7 @@ class TrainConfig:
             raise ValueError("val_fraction and photometric must be in [0, 1), scale_jitter >= 0")
         if self.keep_checkpoints < 1 or self.max_failures < 0:
             raise ValueError("keep_checkpoints must be >= 1 and max_failures >= 0")
-        _check_cpu_precision(self.cpu_precision)
+        check_cpu_precision(self.cpu_precision)
 
 
 @dataclass(frozen=True)
@@ -355,12 +355,6 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
     else:
         raise TypeError(f"config field {key!r} has an unsupported type {kind!r}")
     raise ConfigError(f"config key {key!r} must be {_article(kind.__name__)}, got {_show(value)}")
-
-
-def _check_cpu_precision(value: str) -> None:
-    if value not in CPU_PRECISIONS:
-        raise ValueError(f"cpu_precision must be one of {', '.join(CPU_PRECISIONS)}, "
-                         f"not {value!r}")
 
 
 def _article(name: str) -> str:
