@@ -120,9 +120,10 @@ def describe(bundle: Any, parameters: int, trainable: int) -> dict[str, Any]:
         "normalization": {"mean": list(mean), "std": list(std), "units": "raw pixel values"},
         "resize": ({"min_size": cfg.min_size, "max_size": cfg.max_size} if cfg.resize else None),
         "tiling": {"tile_size": bundle.tile_size, "overlap": bundle.overlap},
-        "anchors": {"sizes": list(cfg.anchor_sizes), "aspect_ratios": list(cfg.aspect_ratios)},
+        "anchors": {"sizes": list(cfg.anchor_sizes), "scales": list(cfg.anchor_scales),
+                    "aspect_ratios": list(cfg.aspect_ratios)},
         "heads": {"fpn_channels": cfg.fpn_channels, "box_head_size": cfg.box_head_size,
-                  "mask_head_layers": list(cfg.mask_head_layers)},
+                  "mask_head_layers": list(cfg.mask_head_layers), "norm": cfg.head_norm},
         "thresholds": {"box_score": cfg.box_score_thresh, "box_nms": cfg.box_nms_thresh,
                        "detections_per_img": cfg.box_detections_per_img,
                        "mask": cfg.mask_threshold},
@@ -152,11 +153,11 @@ def _text_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
          if resize else "none (images keep their native size)"),
         ("tiling", f"tile_size {info['tiling']['tile_size']} px, "
                    f"overlap {info['tiling']['overlap']} px"),
-        ("anchors", f"sizes {info['anchors']['sizes']}, "
+        ("anchors", f"sizes {info['anchors']['sizes']} x scales {info['anchors']['scales']}, "
                     f"aspect ratios {info['anchors']['aspect_ratios']}"),
         ("heads", f"FPN {info['heads']['fpn_channels']} channels, box head "
                   f"{info['heads']['box_head_size']}, mask head convs "
-                  f"{info['heads']['mask_head_layers']}"),
+                  f"{info['heads']['mask_head_layers']}, norm {info['heads']['norm']}"),
         ("thresholds", f"box score {thr['box_score']}, box NMS {thr['box_nms']}, "
                        f"{thr['detections_per_img']} detections/image, mask {thr['mask']}"),
         ("parameters", f"{info['parameters']:,} ({info['trainable_parameters']:,} trainable)"),

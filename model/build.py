@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from typing import Callable
 
 from torch import Tensor, nn
 from torchvision.models import mobilenet_v3_large, resnet18, resnet50
@@ -94,7 +95,7 @@ def build_maskrcnn(cfg: ModelConfig, paste_masks: bool = True, *,
         # torchvision's v1 heads, sized by the config (its defaults: 1024 and 4 x 256).
         kwargs.update(
             box_head=TwoMLPHead(channels * 7 * 7, cfg.box_head_size),
-            mask_head=MaskRCNNHeads(channels, mask_layers, 1),
+            mask_head=MaskRCNNHeads(channels, mask_layers, 1, norm_layer=head_norm_layer(cfg)),
         )
     kwargs.update(
         box_predictor=FastRCNNPredictor(cfg.box_head_size, cfg.num_classes),
@@ -114,15 +115,26 @@ def _build_backbone(cfg: ModelConfig) -> tuple[nn.Module, list[str]]:
     """(BackboneWithFPN with cfg.fpn_channels outputs, names of the feature maps the RoI heads
     pool from)."""
     backbone, featmaps = _build_backbone_256(cfg)
-    if cfg.fpn_channels != backbone.out_channels:
-        # torchvision's extractors fix 256 channels; rebuild the FPN from the same inputs.
+    if cfg.fpn_channels != backbone.out_channels or cfg.head_norm != "none":
+        # torchvision's extractors fix 256 channels and no norm (v1); rebuild the FPN from the
+        # same inputs.
         fpn = backbone.fpn
         inputs = [block[0].in_channels for block in fpn.inner_blocks]
         norm = nn.BatchNorm2d if isinstance(fpn.inner_blocks[0][-1], nn.BatchNorm2d) else None
         backbone.fpn = FeaturePyramidNetwork(inputs, cfg.fpn_channels,
-                                             extra_blocks=fpn.extra_blocks, norm_layer=norm)
+                                             extra_blocks=fpn.extra_blocks,
+                                             norm_layer=head_norm_layer(cfg) or norm)
         backbone.out_channels = cfg.fpn_channels
     return backbone, featmaps
+
+
+def head_norm_layer(cfg: ModelConfig) -> Callable[[int], nn.Module] | None:
+    """The norm after each FPN / mask-head convolution for cfg.head_norm (None: no norm)."""
+    if cfg.head_norm == "group":
+        return lambda channels: nn.GroupNorm(math.gcd(32, channels), channels)
+    if cfg.head_norm == "batch":
+        return nn.BatchNorm2d
+    return None
 
 
 def _build_backbone_256(cfg: ModelConfig) -> tuple[nn.Module, list[str]]:
@@ -165,14 +177,17 @@ def _replace_first_conv(parent: nn.Module, name: str, in_channels: int) -> None:
 
 
 def _build_anchor_generator(cfg: ModelConfig, levels: int) -> AnchorGenerator:
-    """One anchor size per level for ResNet-FPN (P2..P6); every size on every MobileNet level."""
+    """One anchor size per level for ResNet-FPN (P2..P6), times each of cfg.anchor_scales;
+    every size on every MobileNet level."""
     ratios = (tuple(float(r) for r in cfg.aspect_ratios),) * levels
     if cfg.backbone == "mobilenet_v3_fpn":
-        return AnchorGenerator((tuple(cfg.anchor_sizes),) * levels, ratios)
+        every = tuple(s * k for s in cfg.anchor_sizes for k in cfg.anchor_scales)
+        return AnchorGenerator((every,) * levels, ratios)
     if len(cfg.anchor_sizes) != levels:
         raise ConfigError(f"model.anchor_sizes needs one size per FPN level ({levels}) for "
                           f"{cfg.backbone}, got {len(cfg.anchor_sizes)}")
-    return AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), ratios)
+    return AnchorGenerator(tuple(tuple(s * k for k in cfg.anchor_scales)
+                                 for s in cfg.anchor_sizes), ratios)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -21,6 +21,7 @@ from pipeline.errors import ConfigError
 BACKBONES = ("resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn", "mobilenet_v3_fpn")
 # train.cpu_precision / infer.cpu_precision (model/precision.py says what each does)
 CPU_PRECISIONS = ("fp32", "bf16", "auto")
+HEAD_NORMS = ("none", "group", "batch")
 
 
 def check_cpu_precision(value: str) -> None:
@@ -52,6 +53,9 @@ class ModelConfig:
     anchor_sizes: pixels. ResNet backbones: exactly one per FPN level (5: P2-P6). MobileNetV3 has
         3 coarse levels and uses every size on each of them (torchvision's choice).
     aspect_ratios: height / width of the anchors, used at every level.
+    anchor_scales: multipliers of each level's anchor size, all used on that level (the
+        RetinaNet / Detectron "scales per octave"; (1.0, 1.41) puts a second size halfway to the
+        next level, so objects between two sizes still find an anchor of IoU >= 0.7).
     rpn_*_nms_top_n_*: proposals kept before / after the RPN's NMS, per image (per level before).
     rpn_nms_thresh: IoU threshold of the RPN's NMS.
     rpn_batch_size_per_image, box_batch_size_per_image: anchors / RoIs sampled per image for the
@@ -65,6 +69,10 @@ class ModelConfig:
         TwoMLPHead representation_size, 1024); resnet50_fpn_v2 uses it for its one FC layer.
     mask_head_layers: output channels of each 3x3 convolution of the mask head, in order
         (torchvision's MaskRCNNHeads layers, 4 x 256); the 28 x 28 predictor follows the last.
+    head_norm: normalisation after every convolution of the FPN and the mask head: "none"
+        (torchvision's v1 heads), "group" (GroupNorm, 32 groups; what from-scratch detectors use,
+        He et al. 2019, "Rethinking ImageNet Pre-training") or "batch" (BatchNorm2d).
+        resnet50_fpn_v2 has its own batch norm and needs "none".
     trainable_backbone_layers: ResNet 0-5, MobileNetV3 0-6, counted from the last stage; None
         trains every layer.
     backbone_weights: path or URI of a state dict for the backbone alone (e.g. a torchvision
@@ -81,6 +89,7 @@ class ModelConfig:
     resize: bool = True
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_scales: tuple[float, ...] = (1.0,)
     rpn_pre_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_train: int = 2000
@@ -95,6 +104,7 @@ class ModelConfig:
     fpn_channels: int = 256
     box_head_size: int = 1024
     mask_head_layers: tuple[int, ...] = (256, 256, 256, 256)
+    head_norm: str = "none"
     trainable_backbone_layers: int | None = None
     backbone_weights: str | None = None
     backbone_weights_sha256: str | None = None
@@ -103,7 +113,7 @@ class ModelConfig:
         # Tuples arrive as lists from JSON (bundle.json) or Python callers; keep the dataclass
         # hashable and comparable.
         for name in ("classes", "bands", "image_mean", "image_std", "anchor_sizes",
-                     "aspect_ratios", "mask_head_layers"):
+                     "aspect_ratios", "anchor_scales", "mask_head_layers"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
@@ -157,9 +167,17 @@ def _validate(cfg: ModelConfig) -> None:
                           f"{cfg.backbone}, got {len(cfg.anchor_sizes)}")
     if not cfg.aspect_ratios or any(r <= 0 for r in cfg.aspect_ratios):
         raise ConfigError(f"model.aspect_ratios must be positive, got {list(cfg.aspect_ratios)}")
+    if not cfg.anchor_scales or any(k <= 0 for k in cfg.anchor_scales):
+        raise ConfigError(f"model.anchor_scales must be positive, got {list(cfg.anchor_scales)}")
     for name in ("rpn_nms_thresh", "box_score_thresh", "box_nms_thresh", "mask_threshold"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ConfigError(f"model.{name} must be in [0, 1], got {getattr(cfg, name)}")
+    if cfg.head_norm not in HEAD_NORMS:
+        raise ConfigError(f"model.head_norm must be one of {', '.join(HEAD_NORMS)}, "
+                          f"got {cfg.head_norm!r}")
+    if cfg.head_norm != "none" and cfg.backbone == "resnet50_fpn_v2":
+        raise ConfigError("model.head_norm must be none for resnet50_fpn_v2 (its FPN and heads "
+                          "have their own batch norm)")
     top = 6 if cfg.backbone == "mobilenet_v3_fpn" else 5
     layers = cfg.trainable_backbone_layers
     if layers is not None and not 0 <= layers <= top:

@@ -23,12 +23,11 @@ pycocotools takes the area of the MASK for the small / medium / large ranges.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -63,6 +62,31 @@ class CocoMetrics:
         return {**self.metrics, "per_class": dict(self.per_class)}
 
 
+@contextlib.contextmanager
+def _quiet_pycocotools() -> Iterator[None]:
+    """Silence pycocotools' progress prints ("Loading and preparing results...").
+
+    `contextlib.redirect_stdout` is not enough: inside a Ray Train worker `builtins.print` is Ray's
+    logger-bound replacement, which logs every print even when stdout is redirected. Shadowing
+    `print` in pycocotools' own module globals silences only pycocotools, in every thread.
+    """
+    import pycocotools.coco
+    import pycocotools.cocoeval
+
+    modules = (pycocotools.coco, pycocotools.cocoeval)
+    for module in modules:
+        module.print = _discard  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module in modules:
+            vars(module).pop("print", None)
+
+
+def _discard(*args: Any, **kwargs: Any) -> None:
+    """A `print` that prints nothing."""
+
+
 def coco_metrics(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]],
                  iou_type: str = "segm", image_ids: Sequence[Any] | None = None,
                  max_dets: int | None = None) -> CocoMetrics:
@@ -84,8 +108,7 @@ def coco_metrics(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]],
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
     results = [_result_for(r, iou_type) for r in results]
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet):  # pycocotools prints progress on stdout
+    with _quiet_pycocotools():
         coco_gt = COCO()
         coco_gt.dataset = _with_defaults(gt)
         coco_gt.createIndex()

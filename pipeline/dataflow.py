@@ -167,6 +167,9 @@ def run_tiles(scenes: Sequence[tuple[str, str, int]], cfg: Config, spec: Predict
     # between batches.
     ds.context.target_max_block_size = max(MIB, batch_block_bytes(cfg, len(spec.bands)))
     ds.context.execution_no_progress_timeout_s = cfg.infer.stall_timeout_s
+    # The actors' `detections` column holds Detection objects, which Arrow cannot type: Ray Data
+    # pickles them. Saying so explicitly is the same behaviour without its warning to the user.
+    ds.context.enable_fallback_to_arrow_object_ext_type = True
     log.info("in-flight budget: %.0f MiB of object store", budget / MIB)
     stats, start = FlowStats(), time.perf_counter()
     try:

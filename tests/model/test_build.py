@@ -98,6 +98,38 @@ def test_sized_heads_train_predict_and_shrink(backbone, tiny_cfg, tiny_batch):
     assert sum(p.numel() for p in model.parameters()) < full
 
 
+@pytest.mark.parametrize("backbone", ["resnet18_fpn", "mobilenet_v3_fpn"])
+def test_anchor_scales_add_sizes_on_every_level(backbone, tiny_cfg, tiny_batch):
+    cfg = tiny_cfg(backbone, anchor_scales=[1.0, 1.5])
+    model = build_maskrcnn(cfg)
+    sizes = model.rpn.anchor_generator.sizes
+    if backbone == "resnet18_fpn":  # one size per level, times each scale
+        assert sizes == tuple((s * 1.0, s * 1.5) for s in cfg.anchor_sizes)
+    else:  # every size on every level
+        assert all(len(level) == 2 * len(cfg.anchor_sizes) for level in sizes)
+    per_location = len(sizes[0]) * len(cfg.aspect_ratios)
+    assert model.rpn.head.cls_logits.out_channels == per_location
+    images, targets = tiny_batch()
+    _check_losses(model(images, targets))
+
+
+@pytest.mark.parametrize("norm,layer", [("group", nn.GroupNorm), ("batch", nn.BatchNorm2d)])
+def test_head_norm_follows_every_fpn_and_mask_head_conv(norm, layer, tiny_cfg, tiny_batch):
+    cfg = tiny_cfg("resnet18_fpn", fpn_channels=64, mask_head_layers=[64, 48], head_norm=norm)
+    model = build_maskrcnn(cfg)
+    for blocks in (model.backbone.fpn.inner_blocks, model.backbone.fpn.layer_blocks,
+                   model.roi_heads.mask_head):
+        for block in blocks:
+            assert isinstance(block[1], layer) and block[0].bias is None
+    if norm == "group":  # 32 groups where the channels allow it
+        assert [b[1].num_groups for b in model.roi_heads.mask_head] == [32, 16]
+    images, targets = tiny_batch()
+    _check_losses(model(images, targets))
+    plain = build_maskrcnn(tiny_cfg("resnet18_fpn", fpn_channels=64, mask_head_layers=[64, 48]))
+    assert not any(isinstance(m, (nn.GroupNorm, nn.BatchNorm2d))
+                   for m in [*plain.backbone.fpn.modules(), *plain.roi_heads.modules()])
+
+
 @pytest.mark.parametrize("backbone,bands",
                          [("resnet18_fpn", (1,)), ("mobilenet_v3_fpn", (1, 2, 3, 4))])
 def test_band_counts_other_than_three(backbone, bands, tiny_cfg, tiny_batch):
@@ -197,6 +229,10 @@ def test_default_config_is_valid_and_lists_become_tuples():
     (dict(mask_head_layers=()), "model.mask_head_layers"),
     (dict(mask_head_layers=(256, 0)), "model.mask_head_layers"),
     (dict(backbone_weights_sha256="abc"), "model.backbone_weights_sha256"),
+    (dict(anchor_scales=()), "model.anchor_scales must be positive"),
+    (dict(anchor_scales=(1.0, 0.0)), "model.anchor_scales must be positive"),
+    (dict(head_norm="layer"), "model.head_norm must be one of none, group, batch"),
+    (dict(backbone="resnet50_fpn_v2", head_norm="group"), "model.head_norm must be none"),
 ])
 def test_config_refuses_bad_values(kwargs, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):

@@ -250,7 +250,8 @@ def test_cli_init_info_verify(tmp_path, capsys):
     assert info["model_id"] == model_id and info["classes"] == {"1": "car", "2": "truck"}
     assert info["parameters"] == info["trainable_parameters"] > 1_000_000
     assert info["heads"] == {"fpn_channels": 256, "box_head_size": 1024,
-                             "mask_head_layers": [128, 64]}
+                             "mask_head_layers": [128, 64], "norm": "none"}
+    assert info["anchors"]["scales"] == [1.0]
     assert info["training"] == {"kind": "init", "seed": 3, "backbone_weights": None}
 
     assert model_job.main(["verify", str(out)]) == 0

@@ -86,3 +86,23 @@ def test_sparse_evaluation_equals_pycocotools(seed, max_dets):
     assert np.array_equal(slow.stats, fast.stats)
     assert np.array_equal(slow.eval["precision"], fast.eval["precision"])
     assert any(e is not None and (e["dtMatches"] > 0).any() for e in fast.evalImgs)
+
+
+def test_coco_metrics_prints_nothing_even_through_a_patched_print(monkeypatch, capsys):
+    """Ray Train workers replace `builtins.print` with one that logs every call, which
+    redirect_stdout does not reach: pycocotools' progress lines must not get there either."""
+    import builtins
+
+    import pycocotools.coco
+    import pycocotools.cocoeval
+
+    from model.evaluate import coco_metrics
+
+    gt, dt = _dataset(5)
+    calls = []
+    monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: calls.append(args))
+    metrics = coco_metrics(gt, dt, "segm")
+    assert 0.0 < metrics.metrics["AP"] <= 1.0
+    assert calls == [] and capsys.readouterr().out == ""
+    # the silence is scoped: pycocotools prints again afterwards
+    assert "print" not in vars(pycocotools.coco) and "print" not in vars(pycocotools.cocoeval)
