@@ -55,7 +55,7 @@ class ModelConfig:
     aspect_ratios: height / width of the anchors, used at every level.
     anchor_scales: multipliers of each level's anchor size, all used on that level (the
         RetinaNet / Detectron "scales per octave"; (1.0, 1.41) puts a second size halfway to the
-        next level, so objects between two sizes still find an anchor of IoU >= 0.7).
+        next level, so an object between two sizes has an anchor close to its own size).
     rpn_*_nms_top_n_*: proposals kept before / after the RPN's NMS, per image (per level before).
     rpn_nms_thresh: IoU threshold of the RPN's NMS.
     rpn_batch_size_per_image, box_batch_size_per_image: anchors / RoIs sampled per image for the
