@@ -28,7 +28,9 @@ def demo_model_config(*overrides: str):
 def chip_batches(classes: Sequence[str], bands: Sequence[int], batch_size: int, steps: int,
                  chip_size: int, seed: int = 7) -> list[tuple[list, list]]:
     """`steps` collated (images, targets) batches of `batch_size` chips of `chip_size` px from
-    the synthetic generator (`maskray synth --chips`), as Ray Train workers get them."""
+    the synthetic generator (`maskray synth --chips`), as Ray Train workers get them. The chips
+    are at the generator's default 0.5 m, where docs/benchmarks.md's step figures were measured
+    (the demo has used 0.25 m since: fewer, larger objects a chip)."""
     from model.chips import CocoChips, collate
     from pipeline.synth import ChipsConfig, generate_chips
 

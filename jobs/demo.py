@@ -65,16 +65,14 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     archive, chips, val = out / "scenes", out / "train-chips", out / "val-chips"
     made = []
+    common = dict(classes=classes, pixel_size=args.pixel_size)  # every image: same classes, GSD
     for path, kind, make in (
             (chips, "chips", lambda: generate_chips(chips, ChipsConfig(
-                count=args.chips, chip_size=args.chip_size, seed=args.seed, classes=classes,
-                pixel_size=args.pixel_size))),
+                count=args.chips, chip_size=args.chip_size, seed=args.seed, **common))),
             (val, "chips", lambda: generate_chips(val, ChipsConfig(
-                count=16, chip_size=args.chip_size, seed=args.seed + 1, classes=classes,
-                pixel_size=args.pixel_size))),
+                count=16, chip_size=args.chip_size, seed=args.seed + 1, **common))),
             (archive, "scenes", lambda: generate_archive(archive, SynthConfig(
-                scenes=args.scenes, size=args.size, seed=args.seed + 2, classes=classes,
-                pixel_size=args.pixel_size)))):
+                scenes=args.scenes, size=args.size, seed=args.seed + 2, **common)))):
         made.append(f"reusing {path}" if (path / "annotations.json").exists()
                     else make().line(kind))
     print("[1/6] synth:\n      " + "\n      ".join(made))
