@@ -4,7 +4,9 @@ the checkpoint payload. `jobs/train.py` runs them inside Ray Train workers.
 Recipe (torchvision's detection reference): SGD with momentum 0.9 and weight decay 1e-4,
 lr = base_lr x global batch / 16 (base_lr 0.02), linear warm-up from 0.001 x lr, then cosine to
 0 or x 0.1 steps at 2/3 and 8/9 of the run; gradient-norm clipping (DESIGN.md measured lr 0.02
-without warm-up diverging to NaN within 10 steps on CPU); AMP on GPU only.
+without warm-up diverging to NaN within 10 steps on CPU); AMP on GPU only. `train.optimizer=adamw`
+swaps SGD for AdamW (decoupled weight decay) under the same lr rule, warm-up and schedule: what a
+from-scratch model on a few hundred steps learns fastest with (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ def scaled_lr(cfg: TrainConfig, workers: int) -> float:
     return cfg.base_lr * cfg.batch_size * workers / 16
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, workers: int) -> torch.optim.SGD:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, workers: int) -> torch.optim.Optimizer:
+    """SGD (momentum, L2 weight decay) or AdamW (default betas, decoupled weight decay) over the
+    trainable parameters, at the scaled lr; the scheduler then multiplies it."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=scaled_lr(cfg, workers), weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=scaled_lr(cfg, workers), momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay)
 

@@ -136,7 +136,9 @@ class TrainConfig:
     base_lr: learning rate per 16 images (torchvision's detection reference: 0.02); the run uses
         base_lr x global batch / 16, after a linear warm-up of warmup_steps from 0.001 x that.
     schedule: "cosine" (to 0 at the last step) or "step" (x 0.1 at 2/3 and 8/9 of the epochs).
-    momentum, weight_decay: SGD. clip_norm: gradient-norm clip (0 = off). amp: float16 autocast
+    optimizer: "sgd" (momentum, L2 weight decay; the reference recipe) or "adamw" (AdamW: decoupled
+        weight decay, where 0.05 is usual; momentum unused).
+    momentum, weight_decay: of the optimiser. clip_norm: gradient-norm clip (0 = off). amp: float16 autocast
         with a GradScaler, on GPU only.
     cpu_precision: "fp32", "bf16" (bfloat16 autocast of the forward on CPU workers; weights and
         gradients stay float32) or "auto" (bf16 where the CPU has AMX or AVX-512 BF16, else fp32).
@@ -162,6 +164,7 @@ class TrainConfig:
     base_lr: float = 0.02
     warmup_steps: int = 50
     schedule: str = "cosine"
+    optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 1e-4
     clip_norm: float = 10.0
@@ -183,6 +186,10 @@ class TrainConfig:
             raise ValueError("base_lr must be > 0, warmup_steps and clip_norm >= 0")
         if self.schedule not in ("cosine", "step"):
             raise ValueError("schedule must be cosine or step")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
+        if self.weight_decay < 0:
+            raise ValueError("weight_decay must be >= 0")
         if self.chip_size < 0 or not 0 <= self.empty_chip_rate <= 1:
             raise ValueError("chip_size must be >= 0 and empty_chip_rate in [0, 1]")
         if not 0 <= self.val_fraction < 1 or self.scale_jitter < 0 or not 0 <= self.photometric < 1:

@@ -18,7 +18,7 @@ from jobs import synth as synth_job
 from jobs import train as train_job
 from model.bundle import load_bundle
 from model.chips import CocoChips, boxes_of, decode_segmentation
-from model.train import LOSS_NAMES, lr_factor, scaled_lr
+from model.train import LOSS_NAMES, lr_factor, make_optimizer, make_scheduler, scaled_lr
 from pipeline.config import TrainConfig
 from pipeline.dataset import read_instances, read_scenes
 
@@ -218,6 +218,31 @@ def test_learning_rate_recipe():
     assert lr_factor(100, 100, cfg) == pytest.approx(0.0, abs=1e-12)
     step = TrainConfig(warmup_steps=0, schedule="step")
     assert [lr_factor(s, 90, step) for s in (0, 59, 60, 80)] == pytest.approx([1, 1, 0.1, 0.01])
+
+
+@pytest.mark.parametrize("name, kind", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
+def test_either_optimizer_follows_the_same_lr_rule_and_schedule(name, kind):
+    layer = torch.nn.Linear(3, 2)
+    frozen = torch.nn.Linear(2, 1).requires_grad_(False)
+    model = torch.nn.Sequential(layer, frozen)
+    cfg = TrainConfig(optimizer=name, base_lr=0.016, batch_size=2, warmup_steps=0,
+                      weight_decay=0.05)
+    optimizer = make_optimizer(model, cfg, workers=2)
+    assert type(optimizer) is kind
+    group = optimizer.param_groups[0]
+    assert group["lr"] == pytest.approx(0.004) and group["weight_decay"] == 0.05
+    assert [id(p) for p in group["params"]] == [id(layer.weight), id(layer.bias)]
+    scheduler = make_scheduler(optimizer, 10, cfg)
+    for _ in range(5):
+        model(torch.ones(1, 3)).sum().backward()
+        optimizer.step()
+        scheduler.step()
+    assert group["lr"] == pytest.approx(0.004 * lr_factor(5, 10, cfg))
+
+
+def test_an_unknown_optimizer_is_a_config_error(tmp_path, capsys):
+    assert train_job.main(["--set", f"train.out={tmp_path}", "--set", "train.optimizer=adam"]) == 2
+    assert "optimizer must be sgd or adamw, got 'adam'" in capsys.readouterr().err
 
 
 def test_relative_local_paths_reach_the_workers_absolute(chips, tmp_path, monkeypatch):
