@@ -124,9 +124,13 @@ def run(args: argparse.Namespace) -> int:
 # 8 px with a second size at 1.41x on every level (a 16 x 8 px car matches an 11 px anchor
 # exactly instead of IoU 0.5 at best: held-out mask AP50 0.29 -> 0.36), GroupNorm in the FPN and
 # the mask head (what from-scratch detectors need: 0.21 -> 0.29), native resolution (no resize:
-# tiles and chips are at the training GSD), torchvision's warm-up + clipping recipe, and bf16
-# autocast on CPUs that have AMX or AVX-512 BF16 (1.7x the images a second of fp32, the same AP
-# per epoch).
+# tiles and chips are at the training GSD), AdamW instead of SGD (from scratch in 480 steps it
+# learns faster) under torchvision's warm-up, cosine and clipping recipe, flips and 90-degree
+# rotations but no scale jitter and no brightness / contrast (the held-out scenes are at the
+# training GSD, and a model that still underfits after 5 epochs gains nothing from them; held-out
+# AP50: without scale jitter 0.33 -> 0.40, AdamW 0.45, without photometric 0.50, lr 6e-4 after
+# 50 warm-up steps 0.52), and bf16 autocast on CPUs that have AMX or AVX-512 BF16 (1.7x the
+# images a second of fp32, the same AP per epoch).
 DEMO_TRAINING = [
     "--set", "model.backbone=resnet18_fpn", "--set", "model.resize=false",
     "--set", "model.anchor_sizes=[8, 16, 32, 64, 128]",
@@ -137,8 +141,10 @@ DEMO_TRAINING = [
     "--set", "model.rpn_pre_nms_top_n_train=1000", "--set", "model.rpn_post_nms_top_n_train=1000",
     "--set", "model.rpn_pre_nms_top_n_test=500", "--set", "model.rpn_post_nms_top_n_test=500",
     "--set", "model.box_detections_per_img=200",
-    "--set", "train.batch_size=2", "--set", "train.num_workers=2", "--set", "train.warmup_steps=20",
-    "--set", "train.base_lr=0.08",  # lr 0.02 at the global batch of 4, after the warm-up
+    "--set", "train.batch_size=2", "--set", "train.num_workers=2", "--set", "train.warmup_steps=50",
+    "--set", "train.optimizer=adamw", "--set", "train.weight_decay=0.05",
+    "--set", "train.base_lr=0.0024",  # lr 6e-4 at the global batch of 4, after the warm-up
+    "--set", "train.scale_jitter=0", "--set", "train.photometric=0",
     "--set", "train.cpu_precision=auto",  # bf16 autocast where the CPU has AMX / AVX-512 BF16
 ]
 

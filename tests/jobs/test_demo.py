@@ -28,6 +28,10 @@ def test_the_demo_trains_infers_evaluates_and_draws(ray_local, tmp_path, capsys)
     with rasterio.open(out / "scenes" / "scenes" / "scene_0000.tif") as scene:  # the demo's GSD
         assert scene.res == (demo_job.DEMO_PIXEL_SIZE, demo_job.DEMO_PIXEL_SIZE)
     assert meta["training"]["cpu_precision"] == "auto"  # bf16 where the CPU runs it natively
+    recipe = {k: meta["training"][k] for k in ("optimizer", "base_lr", "weight_decay",
+                                               "scale_jitter", "photometric")}
+    assert recipe == {"optimizer": "adamw", "base_lr": 0.0024, "weight_decay": 0.05,
+                      "scale_jitter": 0.0, "photometric": 0.0}
     # a second run reuses data and training, and the model's output is already committed
     assert demo_job.main(["--out", str(out), "--chips", "8", "--chip-size", "128",
                           "--epochs", "1", "--scenes", "1", "--size", "256",
