@@ -138,8 +138,8 @@ class TrainConfig:
     schedule: "cosine" (to 0 at the last step) or "step" (x 0.1 at 2/3 and 8/9 of the epochs).
     optimizer: "sgd" (momentum, L2 weight decay; the reference recipe) or "adamw" (AdamW: decoupled
         weight decay, where 0.05 is usual; momentum unused).
-    momentum, weight_decay: of the optimiser. clip_norm: gradient-norm clip (0 = off). amp: float16 autocast
-        with a GradScaler, on GPU only.
+    momentum, weight_decay: of the optimiser. clip_norm: gradient-norm clip (0 = off).
+    amp: float16 autocast with a GradScaler, on GPU only.
     cpu_precision: "fp32", "bf16" (bfloat16 autocast of the forward on CPU workers; weights and
         gradients stay float32) or "auto" (bf16 where the CPU has AMX or AVX-512 BF16, else fp32).
         See model/precision.py.
