@@ -26,17 +26,18 @@ def demo_model_config(*overrides: str):
 
 
 def chip_batches(classes: Sequence[str], bands: Sequence[int], batch_size: int, steps: int,
-                 chip_size: int, seed: int = 7) -> list[tuple[list, list]]:
+                 chip_size: int, seed: int = 7, pixel_size: float = 0.5
+                 ) -> list[tuple[list, list]]:
     """`steps` collated (images, targets) batches of `batch_size` chips of `chip_size` px from
     the synthetic generator (`maskray synth --chips`), as Ray Train workers get them. The chips
-    are at the generator's default 0.5 m, where docs/benchmarks.md's step figures were measured
-    (the demo has used 0.25 m since: fewer, larger objects a chip)."""
+    are at `pixel_size` m, by default the generator's 0.5 m, where docs/benchmarks.md's earlier
+    step figures were measured (the demo has used 0.25 m since: fewer, larger objects a chip)."""
     from model.chips import CocoChips, collate
     from pipeline.synth import ChipsConfig, generate_chips
 
     with tempfile.TemporaryDirectory() as tmp:
         generate_chips(tmp, ChipsConfig(count=batch_size * steps, chip_size=chip_size, seed=seed,
-                                        classes=tuple(classes)))
+                                        classes=tuple(classes), pixel_size=pixel_size))
         data = CocoChips(os.path.join(tmp, "annotations.json"), tuple(classes), tuple(bands))
         return [collate([data[i] for i in range(b * batch_size, (b + 1) * batch_size)])
                 for b in range(steps)]
